@@ -1,0 +1,382 @@
+"""One Coliving node, composed from its parts; and the light client.
+
+A :class:`Node` owns a host, gossip, a store and the protocol services, each
+started with ``nursery.start`` so that ``await nursery.start(node.run)``
+returns once the node is listening and subscribed. A :class:`Client` is a
+light libp2p peer: it uploads to a node and fetches by CID over Bitswap from
+whichever peers hold the content, but stores nothing for others.
+
+The ``coliving`` console command is :func:`main` (see cli/app.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+import tomllib
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from chain.oracle import AllowlistOracle, StakeOracle
+from p2p.abc import Stream, StreamError
+from p2p.gossip import Gossip, GossipConfig, GossipMessage
+from p2p.host import AddressError, DialError, Host, HostConfig, peer_id_bytes, peer_id_from_bytes
+from p2p.keys import NodeKey, PeerId
+from protocols import announce, query
+from protocols import upload as upload_proto
+from protocols.bitswap import Bitswap, BitswapConfig, Fetch
+from protocols.cid import CID
+from protocols.errors import DecodingError, NotFoundError, ProtocolError
+from store.blockstore import BlockStore
+
+log = logging.getLogger("coliving.node")
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is wrong; the message names it."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node is told. Loadable from ``<data_dir>/node.toml``."""
+
+    data_dir: Path
+    listen: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
+    bootstrap: tuple[str, ...] = ()
+    allow: tuple[str, ...] = ()
+    allow_all: bool = False
+    announce_interval: float = 1.0
+    announce_ttl: int = 3600
+    bitswap: BitswapConfig = field(default_factory=BitswapConfig)
+    gossip: GossipConfig = field(default_factory=GossipConfig)
+
+    def __post_init__(self) -> None:
+        if not self.listen:
+            raise ConfigError("listen: give at least one multiaddr")
+        if self.announce_interval <= 0:
+            raise ConfigError("announce_interval must be positive")
+        if not announce.MIN_TTL <= self.announce_ttl <= announce.MAX_TTL:
+            raise ConfigError(
+                f"announce_ttl must be in [{announce.MIN_TTL}, {announce.MAX_TTL}] seconds"
+            )
+
+    @classmethod
+    def load(cls, data_dir: Path, **overrides: Any) -> NodeConfig:
+        """Defaults, then ``node.toml`` in the data directory, then ``overrides``."""
+        values: dict[str, Any] = {}
+        path = data_dir / "node.toml"
+        if path.exists():
+            try:
+                values = tomllib.loads(path.read_text())
+            except (tomllib.TOMLDecodeError, OSError) as exc:
+                raise ConfigError(f"{path}: {exc}") from None
+            known = {f.name for f in fields(cls)} - {"data_dir", "bitswap", "gossip"}
+            unknown = set(values) - known
+            if unknown:
+                raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+            for name in ("listen", "bootstrap", "allow"):
+                if name in values:
+                    if not isinstance(values[name], list) or not all(
+                        isinstance(v, str) for v in values[name]
+                    ):
+                        raise ConfigError(f"{path}: {name} must be a list of strings")
+                    values[name] = tuple(values[name])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(data_dir=data_dir, **values)
+        except TypeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+
+class _Peer:
+    """Shared plumbing of nodes and clients: host, bitswap, provider lookup."""
+
+    host: Host
+    bitswap: Bitswap
+    store: BlockStore
+
+    async def connect(self, addr: str) -> PeerId:
+        return await self.host.connect(addr)
+
+    async def ask(self, peer: PeerId, op: str, **args: Any) -> dict[str, Any]:
+        stream = await self.host.open_stream(peer, [query.PROTOCOL])
+        with trio.fail_after(10):
+            return await query.ask(stream, op, **args)
+
+    async def providers_from(self, peer: PeerId, cid: CID) -> list[PeerId]:
+        """Ask ``peer`` who holds ``cid``; learn their addresses; dial them."""
+        try:
+            reply = await self.ask(peer, "providers", cid=cid)
+        except (StreamError, ProtocolError, DecodingError, trio.TooSlowError) as exc:
+            log.info("providers query to %s failed: %s", peer, exc)
+            return []
+        found: list[PeerId] = []
+        for entry in reply.get("providers", [])[:64]:
+            if not isinstance(entry, dict) or not isinstance(entry.get("peer"), str):
+                continue
+            provider = PeerId(entry["peer"])
+            addrs = [a for a in entry.get("addrs", []) if isinstance(a, str)][:8]
+            if provider == self.host.peer_id:
+                continue
+            if not self.host.is_connected(provider):
+                if not await self._dial_any(provider, addrs):
+                    continue
+            found.append(provider)
+        return found
+
+    async def _dial_any(self, peer: PeerId, addrs: Sequence[str]) -> bool:
+        for addr in addrs:
+            full = addr if "/p2p/" in addr else f"{addr}/p2p/{peer}"
+            try:
+                await self.host.connect(full)
+                return True
+            except (DialError, AddressError) as exc:
+                log.info("cannot reach provider %s at %s: %s", peer, addr, exc)
+        return False
+
+
+class Node(_Peer):
+    """A content node: stores, serves, announces. ``await nursery.start(node.run)``."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        key: NodeKey | None = None,
+        oracle: StakeOracle | None = None,
+    ) -> None:
+        self.config = config
+        self.key = key or NodeKey.load_or_create(config.data_dir)
+        self.store = BlockStore.open(config.data_dir / "store")
+        self.host = Host(self.key, HostConfig(listen=config.listen, bootstrap=config.bootstrap))
+        self.peer_id = self.host.peer_id
+        self.oracle: StakeOracle = oracle or AllowlistOracle(
+            [PeerId(p) for p in config.allow] + [self.peer_id], allow_all=config.allow_all
+        )
+        self.gossip = Gossip(self.host, config.gossip)
+        self.validator = announce.AnnounceValidator(self.oracle)
+        self.bitswap = Bitswap(self.host, self.store, config=config.bitswap, on_bad_peer=self._bad_peer)
+        self.uploads = upload_proto.UploadService(self.store, self._pinned)
+        self.announcer = announce.Announcer(
+            self._publish_announcement,
+            self.host.addrs,
+            lambda: [p.cid for p in self.store.pins()],
+            interval=config.announce_interval,
+            ttl=config.announce_ttl,
+        )
+        self.misbehaviour: dict[PeerId, str] = {}
+        self.announcements_received = 0
+        self.announced = trio.Event()  # set at every accepted announcement (tests wait on it)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.host.run)
+                await nursery.start(self.gossip.run)
+                self.gossip.set_validator(announce.TOPIC, self.validator)
+                messages = await self.gossip.subscribe(announce.TOPIC)
+                nursery.start_soon(self._consume_announcements, messages)
+                await nursery.start(self.bitswap.run)
+                self.host.set_handler(upload_proto.PROTOCOL, self.uploads.handle)
+                self.host.set_handler(query.PROTOCOL, self._serve_query)
+                await nursery.start(self.announcer.run)
+                nursery.start_soon(self._expire_loop)
+                await self.host.dial_bootstrap()
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self.store.close()
+
+    # -- content ------------------------------------------------------------
+
+    async def add(self, chunks: AsyncIterable[bytes], *, name: str = "") -> CID:
+        """Import a local file (as an upload from ourselves) and pin it."""
+        from protocols.unixfs import FileImporter
+
+        importer = FileImporter()
+        session = self.store.begin_session(f"add {name!r}")
+        try:
+            async for chunk in chunks:
+                self.store.put_many(importer.feed(chunk), session=session)
+            root, tail = importer.finish()
+            self.store.put_many(tail, session=session)
+            self.store.pin(root, size=importer.size, name=name, session=session)
+        except BaseException:
+            self.store.end_session(session)
+            raise
+        await self._pinned(root)
+        return root
+
+    async def find_providers(self, cid: CID) -> list[PeerId]:
+        """Holders of ``cid``: the provider index first, then our peers' answers."""
+        found = [
+            peer_id_from_bytes(raw) for raw in self.store.providers(cid)
+        ]
+        found = [p for p in found if p != self.peer_id]
+        reachable = []
+        for peer in found:
+            if self.host.is_connected(peer) or await self._dial_any(peer, self.host.peer_addrs(peer)):
+                reachable.append(peer)
+        if reachable:
+            return reachable
+        for peer in self.host.connected_peers():
+            reachable += [p for p in await self.providers_from(peer, cid) if p not in reachable]
+            if self.store.has(cid) or reachable:
+                break
+        return reachable
+
+    async def fetch(self, cid: CID, *, pin: bool = True, name: str = "") -> Fetch:
+        """A Fetch of ``cid`` from the network, pinned here when done (if ``pin``)."""
+        providers = [] if self.store.has(cid) else await self.find_providers(cid)
+        if not providers and not self.store.has(cid):
+            raise NotFoundError(f"no provider of {cid} is known or reachable")
+        fetch = self.bitswap.fetch(cid, providers, pin_name=name if pin else None)
+        return fetch
+
+    async def _pinned(self, cid: CID) -> None:
+        self.announcer.announce(cid)
+
+    async def _publish_announcement(self, data: bytes) -> None:
+        await self.gossip.publish(announce.TOPIC, data)
+
+    async def _consume_announcements(self, messages: AsyncIterator[GossipMessage]) -> None:
+        async for message in messages:
+            if message.origin == self.peer_id:
+                continue
+            try:
+                ann = announce.decode(message.data)
+            except DecodingError:
+                continue  # the validator already refused it; defensive only
+            self.store.add_providers(peer_id_bytes(message.origin), ann.roots, ttl=ann.ttl)
+            try:
+                self.host.add_addrs(message.origin, list(ann.addrs))
+            except AddressError as exc:
+                log.info("announcement from %s has a bad address: %s", message.origin, exc)
+            self.announcements_received += 1
+            self.announced.set()
+            self.announced = trio.Event()
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await trio.sleep(60)
+            removed = self.store.expire_providers()
+            if removed:
+                log.debug("expired %d provider records", removed)
+
+    def _bad_peer(self, peer: PeerId, reason: str) -> None:
+        self.misbehaviour[peer] = reason
+        self.store.expire_providers(peer=peer_id_bytes(peer))
+
+    # -- queries ------------------------------------------------------------
+
+    async def _serve_query(self, stream: Stream) -> None:
+        try:
+            await query.serve(stream, self._answer)
+        except DecodingError as exc:
+            log.info("bad query from %s: %s", stream.remote_peer, exc)
+            await stream.reset()
+
+    async def _answer(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        if op == "providers":
+            cid: CID = args["cid"]
+            entries = []
+            if self.store.has(cid):
+                entries.append({"peer": self.peer_id, "addrs": self.host.addrs()})
+            for raw in self.store.providers(cid)[:32]:
+                peer = peer_id_from_bytes(raw)
+                if peer != self.peer_id:
+                    entries.append({"peer": peer, "addrs": self.host.peer_addrs(peer)[:8]})
+            return {"providers": entries}
+        if op == "peers":
+            return {
+                "peers": [
+                    {"peer": p, "addrs": self.host.peer_addrs(p)[:8]}
+                    for p in self.host.connected_peers()
+                ]
+            }
+        stats = self.store.stats()
+        return {
+            "peer": self.peer_id,
+            "addrs": self.host.addrs(),
+            "pins": stats.pins,
+            "blocks": stats.blocks,
+            "bytes": stats.bytes_used,
+        }
+
+
+class Client(_Peer):
+    """A light peer: uploads to a node, fetches by CID. Not staked, serves nobody."""
+
+    def __init__(self, *, data_dir: Path | None = None, key: NodeKey | None = None) -> None:
+        self._tmp = None
+        if data_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="coliving-client-")
+            data_dir = Path(self._tmp.name)
+        self.store = BlockStore.open(data_dir / "store")
+        self.key = key or NodeKey.generate()
+        self.host = Host(self.key, HostConfig(listen=("/ip4/127.0.0.1/tcp/0",)))
+        self.peer_id = self.host.peer_id
+        self.bitswap = Bitswap(self.host, self.store)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.host.run)
+                await nursery.start(self.bitswap.run)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self.store.close()
+            if self._tmp is not None:
+                self._tmp.cleanup()
+
+    async def upload(
+        self,
+        node: PeerId,
+        chunks: AsyncIterable[bytes],
+        *,
+        name: str = "",
+        size: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[CID, int]:
+        stream = await self.host.open_stream(node, [upload_proto.PROTOCOL])
+        try:
+            return await upload_proto.upload(stream, chunks, name=name, size=size, progress=progress)
+        except BaseException:
+            await stream.reset()
+            raise
+
+    async def fetch(self, cid: CID, via: Sequence[PeerId]) -> Fetch:
+        """Ask ``via`` nodes who holds ``cid`` and fetch from all holders at once."""
+        providers: list[PeerId] = []
+        for node in via:
+            providers += [p for p in await self.providers_from(node, cid) if p not in providers]
+        if not providers:
+            raise NotFoundError(f"none of the nodes asked knows a holder of {cid}")
+        return self.bitswap.fetch(cid, providers)
+
+
+async def file_chunks(path: Path, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+    """Read a file in slices without blocking the trio loop for long."""
+    async with await trio.open_file(path, "rb") as fh:
+        while chunk := await fh.read(chunk_size):
+            yield chunk
+
+
+def now_ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
+
+
+def main() -> None:
+    from cli.app import run
+
+    run()
+
+
+if __name__ == "__main__":
+    main()

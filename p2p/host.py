@@ -1,0 +1,260 @@
+"""A libp2p host on TCP + Noise + Yamux, behind a small trio-friendly API.
+
+This package is the only one that imports libp2p. Everything it hands out is
+ours: peer IDs are strings (``PeerId``), addresses are multiaddr strings, and
+streams satisfy :class:`p2p.abc.Stream` with libp2p's exceptions turned into
+:class:`p2p.abc.StreamError`.
+
+Choices (measured, see ../shared/LIBP2P-NOTES.md and docs/decisions.md):
+- only Noise is offered: py-libp2p's default list also offers plaintext and
+  secio, which would let a peer downgrade the connection;
+- only Yamux: Mplex is 5x slower;
+- ``max_connections_per_peer=1``: otherwise every dial waits a 250 ms
+  happy-eyeballs timer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p import create_yamux_muxer_option, new_host
+from libp2p.crypto.secp256k1 import Secp256k1PublicKey, create_new_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.host.basic_host import BasicHost
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+
+import coincurve
+
+from p2p.abc import Stream, StreamError, StreamHandler
+from p2p.keys import NodeKey, PeerId, eth_address_of
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/0"
+
+
+class AddressError(ValueError):
+    """A multiaddr that cannot be parsed or dialled."""
+
+
+class DialError(Exception):
+    """A peer could not be reached."""
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """How a host listens and whom it dials at start."""
+
+    listen: Sequence[str] = (DEFAULT_LISTEN,)
+    bootstrap: Sequence[str] = ()
+    dial_timeout: float = 10.0
+    max_connections: int = 300
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_addr(text: str) -> multiaddr.Multiaddr:
+    try:
+        return multiaddr.Multiaddr(text)
+    except Exception as exc:  # multiaddr raises several unrelated types
+        raise AddressError(f"bad multiaddr {text!r}: {exc}") from None
+
+
+def peer_of_addr(text: str) -> PeerId:
+    """The peer ID in a ``/.../p2p/<id>`` address."""
+    try:
+        return PeerId(info_from_p2p_addr(parse_addr(text)).peer_id.to_base58())
+    except AddressError:
+        raise
+    except Exception as exc:
+        raise AddressError(f"{text!r} has no /p2p/<peer id> part: {exc}") from None
+
+
+def eth_address_of_peer(peer: PeerId) -> str | None:
+    """The Ethereum address of a secp256k1 peer ID (None for other key types)."""
+    try:
+        key = ID.from_base58(peer).extract_public_key()
+    except Exception:
+        return None
+    if not isinstance(key, Secp256k1PublicKey):
+        return None
+    return eth_address_of(coincurve.PublicKey(key.to_bytes()))
+
+
+def peer_id_of_key(key: NodeKey) -> PeerId:
+    pair = create_new_key_pair(key.secret)
+    return PeerId(ID.from_pubkey(pair.public_key).to_base58())
+
+
+def peer_id_bytes(peer: PeerId) -> bytes:
+    return ID.from_base58(peer).to_bytes()
+
+
+def peer_id_from_bytes(raw: bytes) -> PeerId:
+    return PeerId(ID(raw).to_base58())
+
+
+class _NetStream:
+    """Adapts a libp2p INetStream to p2p.abc.Stream."""
+
+    __slots__ = ("_peer", "_stream")
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._peer = PeerId(stream.muxed_conn.peer_id.to_base58())
+
+    @property
+    def remote_peer(self) -> PeerId:
+        return self._peer
+
+    async def read(self, max_bytes: int) -> bytes:
+        try:
+            return bytes(await self._stream.read(max_bytes))
+        except EOFError:
+            return b""
+        except Exception as exc:
+            if isinstance(exc, trio.Cancelled):
+                raise
+            raise StreamError(f"read from {self._peer}: {type(exc).__name__} {exc}") from None
+
+    async def write(self, data: bytes) -> None:
+        try:
+            await self._stream.write(data)
+        except Exception as exc:
+            raise StreamError(f"write to {self._peer}: {type(exc).__name__} {exc}") from None
+
+    async def close_write(self) -> None:
+        try:
+            await self._stream.close_write()
+        except Exception as exc:
+            raise StreamError(f"close_write to {self._peer}: {exc}") from None
+
+    async def close(self) -> None:
+        try:
+            await self._stream.close()
+        except Exception:
+            log.debug("close of a stream to %s failed", self._peer, exc_info=True)
+
+    async def reset(self) -> None:
+        try:
+            await self._stream.reset()
+        except Exception:
+            log.debug("reset of a stream to %s failed", self._peer, exc_info=True)
+
+
+class Host:
+    """One libp2p host. ``await nursery.start(host.run)`` to listen."""
+
+    def __init__(self, key: NodeKey, config: HostConfig | None = None) -> None:
+        self.key = key
+        self.config = config or HostConfig()
+        self._listen = [parse_addr(a) for a in self.config.listen]
+        self._bootstrap = list(self.config.bootstrap)
+        for addr in self._bootstrap:
+            peer_of_addr(addr)  # fail early on a bad bootstrap address
+        pair = create_new_key_pair(key.secret)
+        noise = NoiseTransport(pair, noise_privkey=create_x25519_key_pair().private_key)
+        self._host: BasicHost = new_host(
+            key_pair=pair,
+            sec_opt={TProtocol(NOISE_PROTOCOL_ID): noise},
+            muxer_opt=create_yamux_muxer_option(),
+            listen_addrs=self._listen,
+            connection_config=ConnectionConfig(
+                max_connections_per_peer=1,
+                max_connections=self.config.max_connections,
+                dial_timeout=self.config.dial_timeout,
+            ),
+        )
+        self.peer_id = PeerId(self._host.get_id().to_base58())
+        self.ready = trio.Event()
+
+    @property
+    def libp2p_host(self) -> BasicHost:
+        """For p2p.gossip only: the rest of the code never sees libp2p types."""
+        return self._host
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with self._host.run(self._listen):
+            self.ready.set()
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def dial_bootstrap(self) -> list[PeerId]:
+        """Dial every bootstrap peer; an unreachable one is logged, not fatal."""
+        reached = []
+        for addr in self._bootstrap:
+            try:
+                reached.append(await self.connect(addr))
+            except DialError as exc:
+                log.warning("bootstrap peer %s unreachable: %s", addr, exc)
+        return reached
+
+    def addrs(self) -> list[str]:
+        """Listen addresses with the /p2p/ suffix, ready to hand to another peer."""
+        return [str(a) for a in self._host.get_addrs()]
+
+    async def connect(self, addr: str) -> PeerId:
+        info = info_from_p2p_addr(parse_addr(addr)) if "/p2p/" in addr else None
+        if info is None:
+            raise AddressError(f"{addr!r} has no /p2p/<peer id> part")
+        try:
+            with trio.fail_after(self.config.dial_timeout):
+                await self._host.connect(info)
+        except trio.TooSlowError:
+            raise DialError(f"dial {addr}: timed out after {self.config.dial_timeout} s") from None
+        except Exception as exc:
+            raise DialError(f"dial {addr}: {type(exc).__name__} {exc}") from None
+        return PeerId(info.peer_id.to_base58())
+
+    def add_addrs(self, peer: PeerId, addrs: Sequence[str]) -> None:
+        store = self._host.get_peerstore()
+        store.add_addrs(ID.from_base58(peer), [parse_addr(a) for a in addrs], 3600)
+
+    async def disconnect(self, peer: PeerId) -> None:
+        try:
+            await self._host.disconnect(ID.from_base58(peer))
+        except Exception:
+            log.debug("disconnect %s failed", peer, exc_info=True)
+
+    def connected_peers(self) -> list[PeerId]:
+        return [PeerId(p.to_base58()) for p in self._host.get_network().connections]
+
+    def is_connected(self, peer: PeerId) -> bool:
+        return ID.from_base58(peer) in self._host.get_network().connections
+
+    def peer_addrs(self, peer: PeerId) -> list[str]:
+        try:
+            return [str(a) for a in self._host.get_peerstore().addrs(ID.from_base58(peer))]
+        except Exception:
+            return []
+
+    async def open_stream(self, peer: PeerId, protocols: Sequence[str]) -> Stream:
+        try:
+            raw = await self._host.new_stream(
+                ID.from_base58(peer), [TProtocol(p) for p in protocols]
+            )
+        except Exception as exc:
+            if isinstance(exc, trio.Cancelled):
+                raise
+            raise StreamError(f"open {protocols} to {peer}: {type(exc).__name__} {exc}") from None
+        return _NetStream(raw)
+
+    def set_handler(self, protocol: str, handler: StreamHandler) -> None:
+        async def adapter(raw: Any) -> None:
+            stream = _NetStream(raw)
+            try:
+                await handler(stream)
+            except StreamError as exc:
+                log.debug("%s stream from %s ended: %s", protocol, stream.remote_peer, exc)
+                await stream.reset()
+
+        self._host.set_stream_handler(TProtocol(protocol), adapter)

@@ -1,0 +1,483 @@
+"""Bitswap 1.2.0 block exchange: serving wants and fetching DAGs from many peers.
+
+Wire: see :mod:`protocols.bitswap_msg`. As in go and js Bitswap, each side
+sends its messages on a stream it opened itself; we keep one long-lived
+outbound stream per peer and read every inbound stream until it closes.
+
+Serving: each peer has a ledger of wanted CIDs; one sender task per peer
+drains it in order, packing blocks into messages of up to ``batch_bytes``.
+A want for a CID we lack gets DONT_HAVE when the peer asked for it.
+
+Fetching: a :class:`Fetch` walks a UnixFS DAG in file order, keeps up to
+``window`` blocks in flight split across its providers (at most
+``per_peer_window`` each, the least loaded peer first), verifies every block
+(its CID is computed from its bytes and must be one we asked that peer for),
+and yields leaf bytes in order, so playback can start at the first block.
+A provider that sends a block we did not ask it for is reported as bad,
+disconnected and dropped; one that answers DONT_HAVE or stalls loses those
+CIDs to the others. The fetch fails only when no provider is left.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict, defaultdict
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from p2p.abc import Stream, StreamError
+from p2p.keys import PeerId
+from protocols import bitswap_msg as msg
+from protocols.bitswap_msg import BitswapMessage, Presence, WantEntry, WantType
+from protocols.cid import DAG_PB, CID
+from protocols.errors import DecodingError, NotFoundError
+from protocols.unixfs import Block, decode_file_node
+from protocols.wire import FrameReader, frame
+from store.blockstore import BlockStore
+
+log = logging.getLogger(__name__)
+
+
+class Network:
+    """What Bitswap needs of the host (p2p.host.Host satisfies it)."""
+
+    async def open_stream(self, peer: PeerId, protocols: Sequence[str]) -> Stream:
+        raise NotImplementedError
+
+    def set_handler(self, protocol: str, handler: Callable[[Stream], object]) -> None:
+        raise NotImplementedError
+
+    async def disconnect(self, peer: PeerId) -> None:
+        raise NotImplementedError
+
+
+BadPeerHook = Callable[[PeerId, str], None]
+
+
+@dataclass(frozen=True)
+class BitswapConfig:
+    window: int = 96
+    per_peer_window: int = 32
+    batch_bytes: int = 1 << 20
+    stall_timeout: float = 10.0
+    max_ledger: int = 8192
+    store_batch: int = 16
+
+
+@dataclass
+class BitswapStats:
+    blocks_served: int = 0
+    bytes_served: int = 0
+    blocks_fetched: int = 0
+    bytes_fetched: int = 0
+    bad_blocks: int = 0
+    dont_haves_sent: int = 0
+
+
+@dataclass
+class _Ledger:
+    """What one peer wants from us, in the order it asked."""
+
+    wants: OrderedDict[CID, WantEntry] = field(default_factory=OrderedDict)
+    wake: trio.Event = field(default_factory=trio.Event)
+
+
+class Bitswap:
+    """One node's Bitswap engine. ``await nursery.start(bitswap.run)``."""
+
+    def __init__(
+        self,
+        network: Network,
+        store: BlockStore,
+        *,
+        config: BitswapConfig | None = None,
+        on_bad_peer: BadPeerHook | None = None,
+    ) -> None:
+        self.network = network
+        self.store = store
+        self.config = config or BitswapConfig()
+        self.stats = BitswapStats()
+        self._on_bad_peer = on_bad_peer
+        self._ledgers: dict[PeerId, _Ledger] = {}
+        self._outbound: dict[PeerId, Stream] = {}
+        self._send_locks: defaultdict[PeerId, trio.Lock] = defaultdict(trio.Lock)
+        self._fetches: set[Fetch] = set()
+        self._cancelled: defaultdict[PeerId, OrderedDict[CID, None]] = defaultdict(OrderedDict)
+        self._nursery: trio.Nursery | None = None
+        self.banned: dict[PeerId, str] = {}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for proto in msg.PROTOCOLS:
+                self.network.set_handler(proto, self._handle_stream)
+            task_status.started()
+            await trio.sleep_forever()
+
+    # -- inbound ----------------------------------------------------------
+
+    async def _handle_stream(self, stream: Stream) -> None:
+        peer = stream.remote_peer
+        if peer in self.banned:
+            await stream.reset()
+            return
+        reader = FrameReader(stream)
+        try:
+            while True:
+                payload = await reader.read_frame(msg.MAX_MESSAGE)
+                if payload is None:
+                    break
+                await self._on_message(peer, msg.decode(payload))
+        except DecodingError as exc:
+            self.report_bad_peer(peer, f"malformed bitswap message: {exc}")
+            await stream.reset()
+
+    async def _on_message(self, peer: PeerId, message: BitswapMessage) -> None:
+        if message.wants or message.full:
+            self._on_wants(peer, message)
+        for block in message.blocks:
+            self._on_block(peer, block)
+        for cid, presence in message.presences:
+            for fetch in list(self._fetches):
+                fetch.on_presence(peer, cid, presence)
+
+    def _on_block(self, peer: PeerId, block: Block) -> None:
+        claimed = [f for f in self._fetches if f.asked(peer, block.cid)]
+        if not claimed:
+            if block.cid in self._cancelled.get(peer, ()):
+                return  # it crossed our cancel on the wire: harmless
+            self.stats.bad_blocks += 1
+            self.report_bad_peer(peer, f"sent a block nobody asked it for ({block.cid})")
+            return
+        self.stats.blocks_fetched += 1
+        self.stats.bytes_fetched += len(block.data)
+        for fetch in claimed:
+            fetch.on_block(peer, block)
+
+    def _on_wants(self, peer: PeerId, message: BitswapMessage) -> None:
+        ledger = self._ledgers.get(peer)
+        if ledger is None:
+            ledger = self._ledgers[peer] = _Ledger()
+            if self._nursery is not None:
+                self._nursery.start_soon(self._serve_peer, peer, ledger)
+        if message.full:
+            ledger.wants.clear()
+        for want in message.wants:
+            if want.cancel:
+                ledger.wants.pop(want.cid, None)
+            elif len(ledger.wants) < self.config.max_ledger:
+                ledger.wants[want.cid] = want
+        ledger.wake.set()
+
+    async def _serve_peer(self, peer: PeerId, ledger: _Ledger) -> None:
+        try:
+            while True:
+                await ledger.wake.wait()
+                ledger.wake = trio.Event()
+                while ledger.wants:
+                    await self.send(peer, self._next_reply(ledger))
+        except StreamError as exc:
+            log.debug("stopped serving %s: %s", peer, exc)
+        finally:
+            self._ledgers.pop(peer, None)
+
+    def _next_reply(self, ledger: _Ledger) -> BitswapMessage:
+        blocks: list[Block] = []
+        presences: list[tuple[CID, Presence]] = []
+        size = 0
+        while ledger.wants and size < self.config.batch_bytes:
+            cid, want = ledger.wants.popitem(last=False)
+            if want.want_type == WantType.HAVE:
+                if self.store.has(cid):
+                    presences.append((cid, Presence.HAVE))
+                elif want.send_dont_have:
+                    presences.append((cid, Presence.DONT_HAVE))
+                continue
+            data = self.store.get(cid)  # verified against its CID before it leaves
+            if data is None:
+                if want.send_dont_have:
+                    presences.append((cid, Presence.DONT_HAVE))
+                    self.stats.dont_haves_sent += 1
+                continue
+            blocks.append(Block(cid, data))
+            size += len(data)
+            self.stats.blocks_served += 1
+            self.stats.bytes_served += len(data)
+        return BitswapMessage(blocks=tuple(blocks), presences=tuple(presences))
+
+    # -- outbound ---------------------------------------------------------
+
+    async def send(self, peer: PeerId, message: BitswapMessage) -> None:
+        """Send on our long-lived stream to ``peer``, reopening it once if it broke."""
+        data = frame(msg.encode(message))
+        async with self._send_locks[peer]:
+            for attempt in (1, 2):
+                stream = self._outbound.get(peer)
+                if stream is None:
+                    stream = await self.network.open_stream(peer, msg.PROTOCOLS)
+                    self._outbound[peer] = stream
+                try:
+                    await stream.write(data)
+                    return
+                except StreamError:
+                    self._outbound.pop(peer, None)
+                    await stream.reset()
+                    if attempt == 2:
+                        raise
+
+    def forget_wants(self, peer: PeerId, cids: Sequence[CID]) -> None:
+        """Remember CIDs we stopped wanting from ``peer``: a late block is no offence."""
+        cancelled = self._cancelled[peer]
+        for cid in cids:
+            cancelled[cid] = None
+        while len(cancelled) > self.config.max_ledger:
+            cancelled.popitem(last=False)
+
+    def report_bad_peer(self, peer: PeerId, reason: str) -> None:
+        log.warning("peer %s misbehaved: %s", peer, reason)
+        self.banned[peer] = reason
+        for fetch in list(self._fetches):
+            fetch.drop_peer(peer, reason)
+        if self._on_bad_peer is not None:
+            self._on_bad_peer(peer, reason)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._disconnect, peer)
+
+    async def _disconnect(self, peer: PeerId) -> None:
+        stream = self._outbound.pop(peer, None)
+        if stream is not None:
+            await stream.reset()
+        await self.network.disconnect(peer)
+
+    # -- fetching ---------------------------------------------------------
+
+    def fetch(self, root: CID, providers: Sequence[PeerId], *, pin_name: str | None = None) -> Fetch:
+        """A fetch of the DAG under ``root``; iterate ``fetch.leaves()`` to run it."""
+        usable = [p for p in dict.fromkeys(providers) if p not in self.banned]
+        return Fetch(self, root, usable, pin_name=pin_name)
+
+
+@dataclass
+class _Want:
+    peer: PeerId
+    sent_at: float
+
+
+class Fetch:
+    """One DAG download. Not reusable: ``leaves()`` runs it once."""
+
+    def __init__(
+        self, bitswap: Bitswap, root: CID, providers: list[PeerId], *, pin_name: str | None
+    ) -> None:
+        self.bs = bitswap
+        self.root = root
+        self.providers = providers
+        self.pin_name = pin_name
+        self.dropped: dict[PeerId, str] = {}
+        self.blocks_from: defaultdict[PeerId, int] = defaultdict(int)
+        self.bytes = 0
+        self.first_byte_at: float | None = None
+        self._seq: list[CID] = [root]
+        self._pos = 0
+        self._arrived: dict[CID, bytes] = {}
+        self._inflight: dict[CID, _Want] = {}
+        self._lacks: defaultdict[CID, set[PeerId]] = defaultdict(set)
+        self._asked: defaultdict[PeerId, set[CID]] = defaultdict(set)
+        self._pending_store: dict[CID, Block] = {}
+        self._wake = trio.Event()
+        self._session: str | None = None
+        self._error: Exception | None = None
+        self.filesize: int | None = None
+
+    # called by Bitswap from the reading task --------------------------------
+
+    def asked(self, peer: PeerId, cid: CID) -> bool:
+        return cid in self._asked.get(peer, ())
+
+    def on_block(self, peer: PeerId, block: Block) -> None:
+        self._asked[peer].discard(block.cid)
+        want = self._inflight.pop(block.cid, None)
+        if want is None and block.cid in self._arrived:
+            return
+        self.blocks_from[peer] += 1
+        self._pending_store[block.cid] = block
+        if block.cid.codec == DAG_PB:
+            self._expand(block.cid, block.data)
+        else:
+            self._arrived[block.cid] = block.data
+        self._wake.set()
+
+    def on_presence(self, peer: PeerId, cid: CID, presence: Presence) -> None:
+        if presence != Presence.DONT_HAVE or cid not in self._asked.get(peer, ()):
+            return
+        self._asked[peer].discard(cid)
+        self._lacks[cid].add(peer)
+        want = self._inflight.get(cid)
+        if want is not None and want.peer == peer:
+            del self._inflight[cid]
+        self._wake.set()
+
+    def drop_peer(self, peer: PeerId, reason: str) -> None:
+        if peer not in self.providers:
+            return
+        self.providers.remove(peer)
+        self.dropped[peer] = reason
+        lost = [c for c, w in self._inflight.items() if w.peer == peer]
+        for cid in lost:
+            del self._inflight[cid]
+        self.bs.forget_wants(peer, lost)
+        self._asked.pop(peer, None)
+        self._wake.set()
+
+    # the fetch itself -----------------------------------------------------
+
+    def _expand(self, cid: CID, data: bytes) -> None:
+        try:
+            node = decode_file_node(data)
+        except DecodingError as exc:
+            self._error = NotFoundError(f"{cid} is not a UnixFS file node: {exc}")
+            return
+        if cid == self.root:
+            self.filesize = node.filesize
+        children = [link.cid for link in node.links]
+        i = self._pos
+        while i < len(self._seq):
+            if self._seq[i] == cid:
+                self._seq[i : i + 1] = children
+                i += len(children)
+            else:
+                i += 1
+
+    async def leaves(self) -> AsyncIterator[bytes]:
+        """Leaf bytes in file order, each verified; stored as they arrive."""
+        self.bs._fetches.add(self)
+        self._session = self.bs.store.begin_session(f"fetch {self.root}")
+        try:
+            while self._pos < len(self._seq):
+                if self._error is not None:
+                    raise self._error
+                cid = self._seq[self._pos]
+                data = self._arrived.pop(cid, None)
+                if data is None and cid in self._pending_store:
+                    data = self._pending_store[cid].data
+                if data is None:
+                    data = self.bs.store.get(cid)
+                    if data is not None and cid.codec == DAG_PB:
+                        self._expand(cid, data)
+                        continue
+                if data is None:
+                    await self._request_more()
+                    await self._wait()
+                    continue
+                self._pos += 1
+                if self.first_byte_at is None:
+                    self.first_byte_at = time.perf_counter()
+                self.bytes += len(data)
+                if len(self._pending_store) >= self.bs.config.store_batch:
+                    self._flush()
+                yield data
+                if self._pos < len(self._seq) and len(self._inflight) < self.bs.config.window // 2:
+                    await self._request_more()
+            self._flush()
+            if self.filesize is None:
+                self.filesize = self.bytes
+            if self.pin_name is not None:
+                self.bs.store.pin(self.root, size=self.bytes, name=self.pin_name, session=self._session)
+                self._session = None
+        finally:
+            self.bs._fetches.discard(self)
+            if self._session is not None:
+                self._flush_quietly()
+                self.bs.store.end_session(self._session)
+            with trio.CancelScope(shield=True):
+                await self._cancel_all()
+
+    async def read_all(self) -> bytes:
+        return b"".join([chunk async for chunk in self.leaves()])
+
+    def _flush(self) -> None:
+        if self._pending_store:
+            self.bs.store.put_many(self._pending_store.values(), session=self._session)
+            self._pending_store = {}
+
+    def _flush_quietly(self) -> None:
+        try:
+            self._flush()
+        except Exception:
+            log.debug("could not store the last blocks of %s", self.root, exc_info=True)
+
+    async def _wait(self) -> None:
+        with trio.move_on_after(self.bs.config.stall_timeout) as scope:
+            await self._wake.wait()
+        self._wake = trio.Event()
+        if scope.cancelled_caught:
+            now = time.monotonic()
+            stalled = {
+                w.peer for w in self._inflight.values()
+                if now - w.sent_at >= self.bs.config.stall_timeout
+            }
+            for peer in stalled:
+                self.drop_peer(peer, f"no block in {self.bs.config.stall_timeout} s")
+
+    async def _request_more(self) -> None:
+        cfg = self.bs.config
+        load: defaultdict[PeerId, int] = defaultdict(int)
+        for want in self._inflight.values():
+            load[want.peer] += 1
+        batches: defaultdict[PeerId, list[WantEntry]] = defaultdict(list)
+        budget = cfg.window - len(self._inflight)
+        now = time.monotonic()
+        end = min(len(self._seq), self._pos + cfg.window * 2)
+        for cid in self._seq[self._pos : end]:
+            if budget <= 0:
+                break
+            if cid in self._inflight or cid in self._arrived:
+                continue
+            candidates = [
+                p for p in self.providers
+                if p not in self._lacks.get(cid, ()) and load[p] < cfg.per_peer_window
+            ]
+            if not candidates:
+                if not [p for p in self.providers if p not in self._lacks.get(cid, ())]:
+                    raise NotFoundError(self._why_not_found(cid))
+                break
+            if self.bs.store.has(cid):
+                continue
+            peer = min(candidates, key=lambda p: load[p])
+            load[peer] += 1
+            budget -= 1
+            self._inflight[cid] = _Want(peer, now)
+            self._asked[peer].add(cid)
+            batches[peer].append(WantEntry(cid, WantType.BLOCK, send_dont_have=True))
+        for peer, wants in batches.items():
+            try:
+                await self.bs.send(peer, BitswapMessage(wants=tuple(wants)))
+            except StreamError as exc:
+                self.drop_peer(peer, f"unreachable: {exc}")
+        if not self.providers and self._pos < len(self._seq):
+            raise NotFoundError(self._why_not_found(self._seq[self._pos]))
+
+    def _why_not_found(self, cid: CID) -> str:
+        parts = [f"no provider left for {cid} (root {self.root})"]
+        parts += [f"{p}: {why}" for p, why in self.dropped.items()]
+        lacking = self._lacks.get(cid, set())
+        if lacking:
+            parts.append(f"{len(lacking)} said they do not have it")
+        return "; ".join(parts)
+
+    async def _cancel_all(self) -> None:
+        pending: defaultdict[PeerId, list[WantEntry]] = defaultdict(list)
+        for cid, want in self._inflight.items():
+            pending[want.peer].append(WantEntry(cid, cancel=True, send_dont_have=False))
+        self._inflight.clear()
+        for peer, wants in pending.items():
+            self.bs.forget_wants(peer, [w.cid for w in wants])
+        for peer, wants in pending.items():
+            with trio.move_on_after(2):
+                try:
+                    await self.bs.send(peer, BitswapMessage(wants=tuple(wants)))
+                except StreamError:
+                    pass

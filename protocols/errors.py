@@ -1,0 +1,28 @@
+"""The error types every protocol shares."""
+
+from __future__ import annotations
+
+
+class DecodingError(ValueError):
+    """Any malformed, oversized or out-of-bounds input from the wire or disk.
+
+    Every parser raises this one type, so a handler has one thing to catch
+    before it resets the stream and lowers the peer's score.
+    """
+
+
+class ProtocolError(Exception):
+    """A peer broke the protocol in a way that is not a decoding problem."""
+
+
+class BadBlockError(ProtocolError):
+    """A provider sent a block whose bytes do not hash to the CID asked for."""
+
+    def __init__(self, cid: object, peer: object) -> None:
+        super().__init__(f"block from {peer} does not match {cid}")
+        self.cid = cid
+        self.peer = peer
+
+
+class NotFoundError(Exception):
+    """No reachable provider holds the content."""

@@ -1,0 +1,94 @@
+"""Query: ``/coliving/query/1.0.0``, small request/response questions to a node.
+
+One request and one response per stream, each a length-prefixed CBOR map of
+at most MAX_REQUEST / MAX_RESPONSE bytes, carrying a message id::
+
+    {"id": int, "op": "providers", "cid": <CID bytes>}
+        -> {"id": int, "providers": [{"peer": str, "addrs": [str]}]}
+    {"id": int, "op": "peers"}  -> {"id": int, "peers": [{"peer": str, "addrs": [str]}]}
+    {"id": int, "op": "info"}   -> {"id": int, "peer": str, "addrs": [str], "pins": int,
+                                    "blocks": int, "bytes": int}
+    any error                   -> {"id": int, "error": str}
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import cbor2
+
+from p2p.abc import Stream
+from protocols.cid import CID
+from protocols.errors import DecodingError, ProtocolError
+from protocols.wire import FrameReader, write_frame
+
+PROTOCOL: Final = "/coliving/query/1.0.0"
+MAX_REQUEST: Final = 1024
+MAX_RESPONSE: Final = 256 * 1024
+OPS: Final = ("providers", "peers", "info")
+_ids = itertools.count(1)
+
+Answer = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def decode_request(data: bytes) -> tuple[int, str, dict[str, Any]]:
+    try:
+        obj: Any = cbor2.loads(data)
+    except Exception as exc:
+        raise DecodingError(f"query is not CBOR: {exc}") from None
+    if not isinstance(obj, dict):
+        raise DecodingError("query must be a map")
+    msg_id, op = obj.get("id"), obj.get("op")
+    if not isinstance(msg_id, int) or isinstance(msg_id, bool) or not 0 <= msg_id < 2**63:
+        raise DecodingError("query id must be a non-negative integer")
+    if op not in OPS:
+        raise DecodingError(f"unknown query op {op!r}")
+    args: dict[str, Any] = {}
+    if op == "providers":
+        raw = obj.get("cid")
+        if not isinstance(raw, bytes):
+            raise DecodingError("providers query needs cid bytes")
+        args["cid"] = CID.from_bytes(raw)
+    if set(obj) - {"id", "op", "cid"}:
+        raise DecodingError("unknown keys in query")
+    return msg_id, str(op), args
+
+
+async def serve(stream: Stream, answer: Answer) -> None:
+    """Answer one query on ``stream``."""
+    reader = FrameReader(stream)
+    data = await reader.read_frame(MAX_REQUEST)
+    if data is None:
+        raise DecodingError("stream closed before the query")
+    msg_id, op, args = decode_request(data)
+    try:
+        reply = await answer(op, args)
+    except Exception as exc:
+        reply = {"error": f"{type(exc).__name__}: {exc}"}
+    reply["id"] = msg_id
+    await write_frame(stream, cbor2.dumps(reply))
+    await stream.close()
+
+
+async def ask(stream: Stream, op: str, **args: Any) -> dict[str, Any]:
+    """Send one query and return the reply map; raises ProtocolError on an error reply."""
+    msg_id = next(_ids)
+    request: dict[str, Any] = {"id": msg_id, "op": op}
+    if "cid" in args:
+        request["cid"] = args["cid"].to_bytes()
+    await write_frame(stream, cbor2.dumps(request))
+    data = await FrameReader(stream).read_frame(MAX_RESPONSE)
+    await stream.close()
+    if data is None:
+        raise ProtocolError("the node closed the stream without answering")
+    try:
+        reply: Any = cbor2.loads(data)
+    except Exception as exc:
+        raise DecodingError(f"reply is not CBOR: {exc}") from None
+    if not isinstance(reply, dict) or reply.get("id") != msg_id:
+        raise DecodingError("reply does not match the query id")
+    if "error" in reply:
+        raise ProtocolError(str(reply["error"]))
+    return reply

@@ -1,0 +1,253 @@
+"""UnixFS files as IPFS's reference importer builds them.
+
+Layout: fixed 256 KiB chunks stored as raw leaves (CIDv1, codec raw), gathered
+into a balanced tree of dag-pb nodes with at most 174 links each. A file of a
+single chunk is that raw leaf itself. With these rules a file gets the same CID
+as ``ipfs-unixfs-importer`` with ``{cidVersion: 1, rawLeaves: true}``; the
+vectors in tests/vectors were made by that importer, not by this code.
+
+dag-pb canonical encoding: PBNode is Links (field 2) then Data (field 1); each
+PBLink is Hash (1), Name (2, present and empty), Tsize (3). The UnixFS Data
+message of a file node is Type (1) = File, filesize (3), then one blocksizes
+(4) entry per child (proto2, unpacked).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+from protocols import pb
+from protocols.cid import DAG_PB, RAW, CID
+from protocols.errors import DecodingError
+
+CHUNK_SIZE: Final = 262_144
+MAX_LINKS: Final = 174
+MAX_BLOCK_SIZE: Final = 2 * 1024 * 1024  # what we accept from the wire; IPFS's limit
+UNIXFS_FILE: Final = 2
+UNIXFS_RAW: Final = 0
+_UNIXFS_TYPES: Final = {0, 1, 2, 3, 4, 5}
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """Bytes and the CID they hash to."""
+
+    cid: CID
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    cid: CID
+    tsize: int
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FileNode:
+    """A decoded dag-pb UnixFS file node."""
+
+    links: tuple[Link, ...]
+    blocksizes: tuple[int, ...]
+    filesize: int
+    data: bytes = b""
+
+
+# -- dag-pb ---------------------------------------------------------------
+
+
+def encode_dag_pb(links: Iterable[Link], data: bytes | None) -> bytes:
+    out = bytearray()
+    for link in links:
+        body = (
+            pb.field_bytes(1, link.cid.to_bytes())
+            + pb.field_bytes(2, link.name.encode())
+            + pb.field_varint(3, link.tsize)
+        )
+        out += pb.field_bytes(2, body)
+    if data is not None:
+        out += pb.field_bytes(1, data)
+    return bytes(out)
+
+
+def encode_unixfs_file(filesize: int, blocksizes: Iterable[int], data: bytes = b"") -> bytes:
+    out = pb.field_varint(1, UNIXFS_FILE)
+    if data:
+        out += pb.field_bytes(2, data)
+    out += pb.field_varint(3, filesize)
+    for size in blocksizes:
+        out += pb.field_varint(4, size)
+    return out
+
+
+def decode_file_node(block: bytes | memoryview) -> FileNode:
+    """Decode a dag-pb block that must be a UnixFS file (or raw) node."""
+    links: list[Link] = []
+    data: memoryview | None = None
+    for num, wire, value in pb.iter_fields(block):
+        if num == 2:
+            links.append(_decode_link(pb.expect_len(wire, value, "PBNode.Links")))
+        elif num == 1:
+            if data is not None:
+                raise DecodingError("PBNode.Data twice")
+            data = pb.expect_len(wire, value, "PBNode.Data")
+        else:
+            raise DecodingError(f"unknown PBNode field {num}")
+    if data is None:
+        raise DecodingError("dag-pb node has no UnixFS data")
+    kind = None
+    filesize: int | None = None
+    blocksizes: list[int] = []
+    inline = b""
+    for num, wire, value in pb.iter_fields(data):
+        if num == 1:
+            kind = pb.expect_varint(wire, value, "UnixFS.Type")
+        elif num == 2:
+            inline = bytes(pb.expect_len(wire, value, "UnixFS.Data"))
+        elif num == 3:
+            filesize = pb.expect_varint(wire, value, "UnixFS.filesize")
+        elif num == 4:
+            if wire == pb.LEN:  # tolerate packed encoding from other writers
+                packed = pb.expect_len(wire, value, "UnixFS.blocksizes")
+                pos = 0
+                while pos < len(packed):
+                    size, pos = _uvarint(packed, pos)
+                    blocksizes.append(size)
+            else:
+                blocksizes.append(pb.expect_varint(wire, value, "UnixFS.blocksizes"))
+        elif num in (5, 6, 7, 8):
+            continue  # hashType, fanout, mode, mtime: not needed to read a file
+        else:
+            raise DecodingError(f"unknown UnixFS field {num}")
+    if kind not in (UNIXFS_FILE, UNIXFS_RAW):
+        raise DecodingError(f"UnixFS node of type {kind} is not a file")
+    if len(blocksizes) != len(links):
+        raise DecodingError("UnixFS blocksizes do not match the links")
+    total = len(inline) + sum(blocksizes)
+    if filesize is None:
+        filesize = total
+    if filesize != total:
+        raise DecodingError("UnixFS filesize does not match its parts")
+    return FileNode(tuple(links), tuple(blocksizes), filesize, inline)
+
+
+def _uvarint(data: memoryview, pos: int) -> tuple[int, int]:
+    from protocols.cid import decode_uvarint
+
+    return decode_uvarint(data, pos, max_bytes=10)
+
+
+def _decode_link(body: memoryview) -> Link:
+    cid: CID | None = None
+    name = ""
+    tsize = 0
+    for num, wire, value in pb.iter_fields(body):
+        if num == 1:
+            cid = CID.from_bytes(pb.expect_len(wire, value, "PBLink.Hash"))
+        elif num == 2:
+            try:
+                name = bytes(pb.expect_len(wire, value, "PBLink.Name")).decode()
+            except UnicodeDecodeError:
+                raise DecodingError("PBLink.Name is not UTF-8") from None
+        elif num == 3:
+            tsize = pb.expect_varint(wire, value, "PBLink.Tsize")
+        else:
+            raise DecodingError(f"unknown PBLink field {num}")
+    if cid is None:
+        raise DecodingError("PBLink without Hash")
+    return Link(cid, tsize, name)
+
+
+# -- importer -------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Entry:
+    cid: CID
+    size: int  # file bytes under this entry
+    tsize: int  # bytes of all blocks under this entry, itself included
+
+
+@dataclass
+class FileImporter:
+    """Streaming importer: feed bytes, collect blocks, memory bounded.
+
+    Holds at most one partial chunk and one partial group of links per tree
+    level, so a 1 GiB file costs the same memory as a 1 MiB one.
+    """
+
+    chunk_size: int = CHUNK_SIZE
+    max_links: int = MAX_LINKS
+    _buffer: bytearray = field(default_factory=bytearray)
+    _levels: list[list[_Entry]] = field(default_factory=lambda: [[]])
+    _chunks: int = 0
+    size: int = 0
+
+    def feed(self, data: bytes | memoryview) -> list[Block]:
+        """Add bytes; return the blocks completed by them (leaves and parents)."""
+        self.size += len(data)
+        self._buffer += data
+        out: list[Block] = []
+        while len(self._buffer) >= self.chunk_size:
+            chunk = bytes(self._buffer[: self.chunk_size])
+            del self._buffer[: self.chunk_size]
+            self._add_leaf(chunk, out)
+        return out
+
+    def finish(self) -> tuple[CID, list[Block]]:
+        """Flush: return the root CID and the last blocks."""
+        out: list[Block] = []
+        if self._buffer or self._chunks == 0:
+            self._add_leaf(bytes(self._buffer), out)
+            self._buffer.clear()
+        if self._chunks == 1 and len(self._levels) == 1:
+            return self._levels[0][0].cid, out  # single chunk: the raw leaf is the file
+        level = 0
+        while True:
+            entries = self._levels[level]
+            higher_pending = any(self._levels[level + 1 :])
+            if len(entries) == 1 and not higher_pending and level > 0:
+                return entries[0].cid, out
+            if entries:
+                self._reduce(level, out)
+            level += 1
+
+    def _add_leaf(self, chunk: bytes, out: list[Block]) -> None:
+        block = Block(CID.for_block(RAW, chunk), chunk)
+        out.append(block)
+        self._chunks += 1
+        self._push(0, _Entry(block.cid, len(chunk), len(chunk)), out)
+
+    def _push(self, level: int, entry: _Entry, out: list[Block]) -> None:
+        self._levels[level].append(entry)
+        if len(self._levels[level]) == self.max_links:
+            self._reduce(level, out)
+
+    def _reduce(self, level: int, out: list[Block]) -> None:
+        entries = self._levels[level]
+        self._levels[level] = []
+        if len(self._levels) == level + 1:
+            self._levels.append([])
+        data = encode_unixfs_file(sum(e.size for e in entries), (e.size for e in entries))
+        node = encode_dag_pb((Link(e.cid, e.tsize) for e in entries), data)
+        cid = CID.for_block(DAG_PB, node)
+        out.append(Block(cid, node))
+        tsize = len(node) + sum(e.tsize for e in entries)
+        self._push(level + 1, _Entry(cid, sum(e.size for e in entries), tsize), out)
+
+
+def import_bytes(data: bytes) -> tuple[CID, list[Block]]:
+    """Import a whole in-memory file (tests, small files)."""
+    importer = FileImporter()
+    blocks = importer.feed(data)
+    root, tail = importer.finish()
+    return root, blocks + tail
+
+
+def file_size_of(cid: CID, block: bytes) -> int:
+    """The file length a root block describes."""
+    if cid.codec == RAW:
+        return len(block)
+    return decode_file_node(block).filesize

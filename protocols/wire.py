@@ -1,0 +1,83 @@
+"""Length-prefixed framing over a byte stream, with a hard size bound.
+
+A frame is ``uvarint(len) || payload``. Reading a frame larger than the
+caller's bound raises DecodingError before any of the payload is buffered.
+"""
+
+from __future__ import annotations
+
+from p2p.abc import Stream, StreamError
+from protocols.cid import encode_uvarint
+from protocols.errors import DecodingError
+
+READ_CHUNK = 1 << 20
+
+
+def frame(payload: bytes) -> bytes:
+    return encode_uvarint(len(payload)) + payload
+
+
+class FrameReader:
+    """Buffered frame reader; reads the stream in large slices for throughput."""
+
+    __slots__ = ("_buf", "_eof", "_pos", "stream")
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self._buf = bytearray()
+        self._pos = 0
+        self._eof = False
+
+    async def _fill(self, need: int) -> bool:
+        """Ensure ``need`` unread bytes are buffered; False on clean EOF before any."""
+        while len(self._buf) - self._pos < need:
+            if self._eof:
+                return False
+            if self._pos:
+                del self._buf[: self._pos]
+                self._pos = 0
+            chunk = await self.stream.read(max(READ_CHUNK, need - len(self._buf)))
+            if not chunk:
+                self._eof = True
+                return len(self._buf) - self._pos >= need
+            self._buf += chunk
+        return True
+
+    async def read_frame(self, max_size: int) -> bytes | None:
+        """The next frame, or None at a clean end of stream between frames."""
+        length = 0
+        shift = 0
+        for i in range(10):
+            if not await self._fill(1):
+                if i == 0:
+                    return None
+                raise DecodingError("stream ended inside a length prefix")
+            byte = self._buf[self._pos]
+            self._pos += 1
+            length |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                break
+            shift += 7
+        else:
+            raise DecodingError("length prefix too long")
+        if length > max_size:
+            raise DecodingError(f"frame of {length} bytes exceeds the {max_size} byte limit")
+        if not await self._fill(length):
+            raise DecodingError(f"stream ended inside a {length} byte frame")
+        out = bytes(self._buf[self._pos : self._pos + length])
+        self._pos += length
+        return out
+
+    async def read_exact(self, n: int) -> bytes:
+        if not await self._fill(n):
+            raise DecodingError(f"stream ended {n} bytes short")
+        out = bytes(self._buf[self._pos : self._pos + n])
+        self._pos += n
+        return out
+
+
+async def write_frame(stream: Stream, payload: bytes) -> None:
+    await stream.write(frame(payload))
+
+
+__all__ = ["DecodingError", "FrameReader", "StreamError", "frame", "write_frame"]

@@ -1,0 +1,71 @@
+"""Several real nodes in one trio process on 127.0.0.1: the test and devnet driver.
+
+Used by the tests, ``coliving devnet`` and the benchmarks, so all three run
+the same code. Each node has its own data directory and key; every node's
+allowlist holds all the others (the allowlist stands in for the stake oracle
+until the chain lands).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from node import Node, NodeConfig
+from p2p.host import peer_id_of_key
+from p2p.keys import NodeKey, PeerId
+
+
+def chain_topology(n: int) -> list[list[int]]:
+    """Node i bootstraps from node i-1: a line, so content must cross hops."""
+    return [[i - 1] if i else [] for i in range(n)]
+
+
+def star_topology(n: int) -> list[list[int]]:
+    return [[0] if i else [] for i in range(n)]
+
+
+async def start_nodes(
+    nursery: trio.Nursery,
+    base_dir: Path,
+    count: int,
+    *,
+    topology: Sequence[Sequence[int]] | None = None,
+    names: Sequence[str] | None = None,
+    staked: Sequence[bool] | None = None,
+    **config: object,
+) -> list[Node]:
+    """Start ``count`` nodes in order; node i dials the nodes ``topology[i]``.
+
+    ``staked[i]`` False leaves node i off everyone's allowlist.
+    """
+    topology = topology or chain_topology(count)
+    names = names or [f"node{i}" for i in range(count)]
+    staked = staked or [True] * count
+    keys = []
+    for name in names:
+        data_dir = base_dir / name
+        keys.append(NodeKey.load_or_create(data_dir))
+    allow = tuple(peer_id_of_key(k) for k, s in zip(keys, staked, strict=True) if s)
+    nodes: list[Node] = []
+    for i, name in enumerate(names):
+        bootstrap = tuple(nodes[j].host.addrs()[0] for j in topology[i])
+        cfg = NodeConfig.load(
+            base_dir / name, bootstrap=bootstrap, allow=allow, **config  # type: ignore[arg-type]
+        )
+        node = Node(cfg, key=keys[i])
+        await nursery.start(node.run)
+        nodes.append(node)
+    return nodes
+
+
+async def wait_for_mesh(nodes: Sequence[Node], topic: str, *, minimum: int = 1) -> None:
+    """Until every node has ``minimum`` gossip peers on ``topic`` (no timeout: wrap it)."""
+    while any(len(n.gossip.topic_peers(topic)) < minimum for n in nodes):
+        await trio.sleep(0.05)
+
+
+def peer_ids(nodes: Sequence[Node]) -> list[PeerId]:
+    return [n.peer_id for n in nodes]

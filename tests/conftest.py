@@ -1,0 +1,24 @@
+"""Shared fixtures: real nodes on 127.0.0.1 in temporary directories."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _quiet_libp2p() -> None:
+    # py-libp2p logs expected stream resets as warnings, some via the root logger
+    logging.getLogger("libp2p").setLevel(logging.ERROR)
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def pattern(n: int) -> bytes:
+    """The vector content: byte i is i mod 251 (same as tools/js/cid_vectors.mjs)."""
+    return (bytes(range(251)) * (n // 251 + 1))[:n]

@@ -23,7 +23,7 @@ from typing import Any
 import trio
 
 from chain.oracle import AllowlistOracle, StakeOracle
-from p2p.abc import Stream, StreamError
+from p2p.abc import Stream, StreamError, TaskStatus
 from p2p.gossip import Gossip, GossipConfig, GossipMessage
 from p2p.host import AddressError, DialError, Host, HostConfig, peer_id_bytes, peer_id_from_bytes
 from p2p.keys import NodeKey, PeerId
@@ -123,10 +123,8 @@ class _Peer:
             addrs = [a for a in entry.get("addrs", []) if isinstance(a, str)][:8]
             if provider == self.host.peer_id:
                 continue
-            if not self.host.is_connected(provider):
-                if not await self._dial_any(provider, addrs):
-                    continue
-            found.append(provider)
+            if self.host.is_connected(provider) or await self._dial_any(provider, addrs):
+                found.append(provider)
         return found
 
     async def _dial_any(self, peer: PeerId, addrs: Sequence[str]) -> bool:
@@ -160,7 +158,9 @@ class Node(_Peer):
         )
         self.gossip = Gossip(self.host, config.gossip)
         self.validator = announce.AnnounceValidator(self.oracle)
-        self.bitswap = Bitswap(self.host, self.store, config=config.bitswap, on_bad_peer=self._bad_peer)
+        self.bitswap = Bitswap(
+            self.host, self.store, config=config.bitswap, on_bad_peer=self._bad_peer
+        )
         self.uploads = upload_proto.UploadService(self.store, self._pinned)
         self.announcer = announce.Announcer(
             self._publish_announcement,
@@ -173,7 +173,7 @@ class Node(_Peer):
         self.announcements_received = 0
         self.announced = trio.Event()  # set at every accepted announcement (tests wait on it)
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.host.run)
@@ -214,13 +214,13 @@ class Node(_Peer):
 
     async def find_providers(self, cid: CID) -> list[PeerId]:
         """Holders of ``cid``: the provider index first, then our peers' answers."""
-        found = [
-            peer_id_from_bytes(raw) for raw in self.store.providers(cid)
-        ]
+        found = [peer_id_from_bytes(raw) for raw in self.store.providers(cid)]
         found = [p for p in found if p != self.peer_id]
         reachable = []
         for peer in found:
-            if self.host.is_connected(peer) or await self._dial_any(peer, self.host.peer_addrs(peer)):
+            if self.host.is_connected(peer) or await self._dial_any(
+                peer, self.host.peer_addrs(peer)
+            ):
                 reachable.append(peer)
         if reachable:
             return reachable
@@ -323,7 +323,7 @@ class Client(_Peer):
         self.peer_id = self.host.peer_id
         self.bitswap = Bitswap(self.host, self.store)
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.host.run)
@@ -346,7 +346,9 @@ class Client(_Peer):
     ) -> tuple[CID, int]:
         stream = await self.host.open_stream(node, [upload_proto.PROTOCOL])
         try:
-            return await upload_proto.upload(stream, chunks, name=name, size=size, progress=progress)
+            return await upload_proto.upload(
+                stream, chunks, name=name, size=size, progress=progress
+            )
         except BaseException:
             await stream.reset()
             raise

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from p2p.keys import PeerId
 
@@ -32,5 +32,12 @@ class Stream(Protocol):
 
     async def reset(self) -> None: ...
 
+
+if TYPE_CHECKING:
+    # trio-typing (a py-libp2p dependency) shadows trio's own annotations with
+    # stubs that lack trio.TaskStatus; its TaskStatus is the same thing.
+    from trio_typing import TaskStatus as TaskStatus
+else:
+    TaskStatus = Any  # only ever used in annotations
 
 StreamHandler = Callable[[Stream], Awaitable[None]]

@@ -14,6 +14,7 @@ validators and subscribers is authenticated.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.score import ScoreParams, TopicScoreParams
 from libp2p.tools.anyio_service import background_trio_service
 
+from p2p.abc import TaskStatus
 from p2p.host import Host
 from p2p.keys import PeerId
 
@@ -92,7 +94,7 @@ class Gossip:
             max_inbound_rpc_size=cfg.max_message_size,
         )
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with background_trio_service(self._pubsub), background_trio_service(self._router):
             await self._pubsub.wait_until_ready()
             task_status.started()
@@ -118,6 +120,11 @@ class Gossip:
         if len(data) > self.config.max_message_size:
             raise ValueError(f"gossip message of {len(data)} bytes is over the limit")
         await self._pubsub.publish(topic, data)
+
+    async def wait_for_subscriber(self, peer: PeerId, topic: str) -> None:
+        """Until ``peer`` told us it subscribes to ``topic`` (event-driven; wrap in a
+        cancel scope for a deadline)."""
+        await self._pubsub.wait_for_subscription(ID.from_base58(peer), topic, timeout=math.inf)
 
     def mesh_peers(self, topic: str) -> list[PeerId]:
         return [PeerId(p.to_base58()) for p in self._router.mesh.get(topic, set())]

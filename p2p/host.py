@@ -20,22 +20,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import coincurve
 import multiaddr
 import trio
 from libp2p import create_yamux_muxer_option, new_host
 from libp2p.crypto.secp256k1 import Secp256k1PublicKey, create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
-from libp2p.host.basic_host import BasicHost
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
-from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 
-import coincurve
-
-from p2p.abc import Stream, StreamError, StreamHandler
+from p2p.abc import Stream, StreamError, StreamHandler, TaskStatus
 from p2p.keys import NodeKey, PeerId, eth_address_of
 
 log = logging.getLogger(__name__)
@@ -163,7 +161,7 @@ class Host:
             peer_of_addr(addr)  # fail early on a bad bootstrap address
         pair = create_new_key_pair(key.secret)
         noise = NoiseTransport(pair, noise_privkey=create_x25519_key_pair().private_key)
-        self._host: BasicHost = new_host(
+        self._host: Any = new_host(
             key_pair=pair,
             sec_opt={TProtocol(NOISE_PROTOCOL_ID): noise},
             muxer_opt=create_yamux_muxer_option(),
@@ -178,11 +176,11 @@ class Host:
         self.ready = trio.Event()
 
     @property
-    def libp2p_host(self) -> BasicHost:
+    def libp2p_host(self) -> Any:
         """For p2p.gossip only: the rest of the code never sees libp2p types."""
         return self._host
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with self._host.run(self._listen):
             self.ready.set()
             task_status.started()

@@ -29,6 +29,7 @@ import cbor2
 import trio
 
 from chain.oracle import StakeOracle, is_staked_content_node
+from p2p.abc import TaskStatus
 from p2p.keys import PeerId
 from protocols.cid import CID
 from protocols.errors import DecodingError
@@ -147,7 +148,7 @@ class Announcer:
         self._queue[cid] = None
         self._wake.set()
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         next_full = trio.current_time() + self.interval
         while True:
@@ -166,7 +167,9 @@ class Announcer:
             batch = list(self._queue)[:MAX_ROOTS]
             for cid in batch:
                 del self._queue[cid]
-            ann = Announcement(time.time(), self.ttl, tuple(self._addrs()[:MAX_ADDRS]), tuple(batch))
+            ann = Announcement(
+                time.time(), self.ttl, tuple(self._addrs()[:MAX_ADDRS]), tuple(batch)
+            )
             try:
                 await self._publish(encode(ann))
                 self.sent_batches += 1

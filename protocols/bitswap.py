@@ -20,19 +20,21 @@ CIDs to the others. The fetch fails only when no provider is left.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
-from p2p.abc import Stream, StreamError
+from p2p.abc import Stream, StreamError, StreamHandler, TaskStatus
 from p2p.keys import PeerId
 from protocols import bitswap_msg as msg
 from protocols.bitswap_msg import BitswapMessage, Presence, WantEntry, WantType
-from protocols.cid import DAG_PB, CID
+from protocols.cid import CID, DAG_PB
 from protocols.errors import DecodingError, NotFoundError
 from protocols.unixfs import Block, decode_file_node
 from protocols.wire import FrameReader, frame
@@ -41,17 +43,14 @@ from store.blockstore import BlockStore
 log = logging.getLogger(__name__)
 
 
-class Network:
+class Network(Protocol):
     """What Bitswap needs of the host (p2p.host.Host satisfies it)."""
 
-    async def open_stream(self, peer: PeerId, protocols: Sequence[str]) -> Stream:
-        raise NotImplementedError
+    async def open_stream(self, peer: PeerId, protocols: Sequence[str]) -> Stream: ...
 
-    def set_handler(self, protocol: str, handler: Callable[[Stream], object]) -> None:
-        raise NotImplementedError
+    def set_handler(self, protocol: str, handler: StreamHandler) -> None: ...
 
-    async def disconnect(self, peer: PeerId) -> None:
-        raise NotImplementedError
+    async def disconnect(self, peer: PeerId) -> None: ...
 
 
 BadPeerHook = Callable[[PeerId, str], None]
@@ -109,7 +108,7 @@ class Bitswap:
         self._nursery: trio.Nursery | None = None
         self.banned: dict[PeerId, str] = {}
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for proto in msg.PROTOCOLS:
@@ -254,7 +253,9 @@ class Bitswap:
 
     # -- fetching ---------------------------------------------------------
 
-    def fetch(self, root: CID, providers: Sequence[PeerId], *, pin_name: str | None = None) -> Fetch:
+    def fetch(
+        self, root: CID, providers: Sequence[PeerId], *, pin_name: str | None = None
+    ) -> Fetch:
         """A fetch of the DAG under ``root``; iterate ``fetch.leaves()`` to run it."""
         usable = [p for p in dict.fromkeys(providers) if p not in self.banned]
         return Fetch(self, root, usable, pin_name=pin_name)
@@ -385,7 +386,9 @@ class Fetch:
             if self.filesize is None:
                 self.filesize = self.bytes
             if self.pin_name is not None:
-                self.bs.store.pin(self.root, size=self.bytes, name=self.pin_name, session=self._session)
+                self.bs.store.pin(
+                    self.root, size=self.bytes, name=self.pin_name, session=self._session
+                )
                 self._session = None
         finally:
             self.bs._fetches.discard(self)
@@ -416,7 +419,8 @@ class Fetch:
         if scope.cancelled_caught:
             now = time.monotonic()
             stalled = {
-                w.peer for w in self._inflight.values()
+                w.peer
+                for w in self._inflight.values()
                 if now - w.sent_at >= self.bs.config.stall_timeout
             }
             for peer in stalled:
@@ -437,7 +441,8 @@ class Fetch:
             if cid in self._inflight or cid in self._arrived:
                 continue
             candidates = [
-                p for p in self.providers
+                p
+                for p in self.providers
                 if p not in self._lacks.get(cid, ()) and load[p] < cfg.per_peer_window
             ]
             if not candidates:
@@ -476,8 +481,5 @@ class Fetch:
         for peer, wants in pending.items():
             self.bs.forget_wants(peer, [w.cid for w in wants])
         for peer, wants in pending.items():
-            with trio.move_on_after(2):
-                try:
-                    await self.bs.send(peer, BitswapMessage(wants=tuple(wants)))
-                except StreamError:
-                    pass
+            with trio.move_on_after(2), contextlib.suppress(StreamError):
+                await self.bs.send(peer, BitswapMessage(wants=tuple(wants)))

@@ -99,7 +99,7 @@ def encode(msg: BitswapMessage) -> bytes:
             wl += pb.field_bytes(1, entry)
         if msg.full:
             wl += pb.field_varint(2, 1)
-        out += pb.field_bytes(1, wl)
+        out += pb.field_bytes(1, bytes(wl))
     for block in msg.blocks:
         body = pb.field_bytes(1, block.cid.prefix()) + pb.field_bytes(2, block.data)
         out += pb.field_bytes(3, body)

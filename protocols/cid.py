@@ -39,7 +39,9 @@ def encode_uvarint(value: int) -> bytes:
             return bytes(out)
 
 
-def decode_uvarint(data: bytes | memoryview, offset: int = 0, *, max_bytes: int = 9) -> tuple[int, int]:
+def decode_uvarint(
+    data: bytes | memoryview, offset: int = 0, *, max_bytes: int = 9
+) -> tuple[int, int]:
     """Decode a uvarint at ``offset``; return (value, offset after it)."""
     value = 0
     shift = 0

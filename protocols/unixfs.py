@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from protocols import pb
-from protocols.cid import DAG_PB, RAW, CID
+from protocols.cid import CID, DAG_PB, RAW
 from protocols.errors import DecodingError
 
 CHUNK_SIZE: Final = 262_144

@@ -101,7 +101,9 @@ class UploadService:
             session = None
             self.completed += 1
             await self.on_pinned(root)
-            await write_frame(stream, cbor2.dumps({"ok": True, "cid": str(root), "size": importer.size}))
+            await write_frame(
+                stream, cbor2.dumps({"ok": True, "cid": str(root), "size": importer.size})
+            )
             await stream.close()
         except (DecodingError, StoreError) as exc:
             self.failed += 1
@@ -147,6 +149,6 @@ async def upload(
         if obj.get("ok") is True:
             return CID.parse(obj["cid"]), int(obj["size"])
         error = str(obj.get("error", "unknown error"))
-    except (Exception,) as exc:
+    except Exception as exc:
         raise UploadError(f"malformed reply from the node: {exc}") from None
     raise UploadError(f"the node refused the upload: {error}")

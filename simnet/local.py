@@ -53,7 +53,10 @@ async def start_nodes(
     for i, name in enumerate(names):
         bootstrap = tuple(nodes[j].host.addrs()[0] for j in topology[i])
         cfg = NodeConfig.load(
-            base_dir / name, bootstrap=bootstrap, allow=allow, **config  # type: ignore[arg-type]
+            base_dir / name,
+            bootstrap=bootstrap,
+            allow=allow,
+            **config,
         )
         node = Node(cfg, key=keys[i])
         await nursery.start(node.run)
@@ -61,10 +64,15 @@ async def start_nodes(
     return nodes
 
 
-async def wait_for_mesh(nodes: Sequence[Node], topic: str, *, minimum: int = 1) -> None:
-    """Until every node has ``minimum`` gossip peers on ``topic`` (no timeout: wrap it)."""
-    while any(len(n.gossip.topic_peers(topic)) < minimum for n in nodes):
-        await trio.sleep(0.05)
+async def wait_for_mesh(nodes: Sequence[Node], topic: str) -> None:
+    """Until every node has heard the subscription of each node it is connected to.
+
+    No deadline of its own: callers wrap it in ``trio.fail_after``."""
+    ours = {n.peer_id for n in nodes}
+    for node in nodes:
+        for peer in node.host.connected_peers():
+            if peer in ours:
+                await node.gossip.wait_for_subscriber(peer, topic)
 
 
 def peer_ids(nodes: Sequence[Node]) -> list[PeerId]:

@@ -30,12 +30,12 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import cbor2
 import lmdb
 
-from protocols.cid import DAG_PB, CID
+from protocols.cid import CID, DAG_PB
 from protocols.errors import DecodingError
 from protocols.unixfs import Block, decode_file_node
 
@@ -311,7 +311,7 @@ class BlockStore:
     # -- misc -------------------------------------------------------------
 
     def stats(self) -> StoreStats:
-        info: dict[str, Any] = self._env.info()
+        info = self._env.info()
         page = self._env.stat()["psize"]
         with self._env.begin() as txn:
             blocks = txn.stat(self._blocks)["entries"]

@@ -1,0 +1,399 @@
+"""The ``coliving`` command line.
+
+Node commands run a node from a data directory (``--data-dir``, or
+``$COLIVING_HOME``, or ``~/.coliving``). Client commands (add, get, cat,
+peers) start a light libp2p peer, talk to the node given by ``--node`` (or
+``$COLIVING_NODE``, or the address a local node wrote to ``node.addr``), and
+exit. Progress goes to stderr, so ``coliving cat CID | ffplay -`` plays.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import trio
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from chain.oracle import AllowlistOracle
+from node import Client, ConfigError, Node, NodeConfig, file_chunks
+from p2p.abc import StreamError
+from p2p.host import AddressError, DialError, Host, HostConfig, peer_of_addr
+from p2p.keys import KeyFileError, NodeKey
+from protocols.cid import CID
+from protocols.errors import DecodingError, NotFoundError, ProtocolError
+from protocols.upload import UploadError
+from store.blockstore import StoreError
+
+app = typer.Typer(
+    help="Coliving: a community-owned music network on libp2p. "
+    "Start with `coliving devnet` to run a local network of nodes.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+node_app = typer.Typer(help="Run a content node.", no_args_is_help=True)
+app.add_typer(node_app, name="node")
+err = Console(stderr=True, soft_wrap=True)
+T = TypeVar("T")
+
+USER_ERRORS = (
+    ConfigError,
+    KeyFileError,
+    StoreError,
+    AddressError,
+    DialError,
+    NotFoundError,
+    UploadError,
+    ProtocolError,
+    DecodingError,
+    StreamError,
+    trio.TooSlowError,
+    FileNotFoundError,
+    IsADirectoryError,
+    PermissionError,
+)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", "-d", help="Node data directory [env COLIVING_HOME, ~/.coliving]"),
+]
+NodeAddr = Annotated[
+    str | None,
+    typer.Option(
+        "--node",
+        "-n",
+        help="Multiaddr of a node, with /p2p/<peer id> "
+        "[env COLIVING_NODE, else the address in <data dir>/node.addr]",
+    ),
+]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail to stderr.")]
+
+
+def data_dir_of(given: Path | None) -> Path:
+    if given is not None:
+        return given
+    env = os.environ.get("COLIVING_HOME")
+    return Path(env) if env else Path.home() / ".coliving"
+
+
+def node_addr_of(given: str | None, data_dir: Path | None = None) -> str:
+    if given:
+        return given
+    env = os.environ.get("COLIVING_NODE")
+    if env:
+        return env
+    path = data_dir_of(data_dir) / "node.addr"
+    if path.exists():
+        return path.read_text().split()[0]
+    raise ConfigError(
+        "which node? pass --node /ip4/.../tcp/.../p2p/<peer id>, set COLIVING_NODE, "
+        "or start a node (`coliving node run`)"
+    )
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not verbose:
+        logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+        logging.getLogger().setLevel(logging.ERROR)  # libp2p also logs through the root
+
+
+def run_async(fn: Callable[[], Awaitable[T]]) -> T:
+    """Run ``fn`` under trio; turn the errors a user can act on into one line."""
+    try:
+        return trio.run(fn)
+    except USER_ERRORS as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err.print("stopped")
+        raise typer.Exit(130) from None
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+# -- identity ------------------------------------------------------------------
+
+
+@app.command()
+def init(
+    data_dir: DataDir = None, force: bool = typer.Option(False, help="Replace an existing key.")
+) -> None:
+    """Create a node identity (a secp256k1 key, mode 0600) in the data directory."""
+    path = data_dir_of(data_dir)
+    try:
+        key = NodeKey.create(path, overwrite=force)
+    except KeyFileError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    from p2p.host import peer_id_of_key
+
+    typer.echo(f"data dir:   {path}")
+    typer.echo(f"peer id:    {peer_id_of_key(key)}")
+    typer.echo(f"eth address {key.eth_address}")
+
+
+@app.command("id")
+def show_id(data_dir: DataDir = None) -> None:
+    """Print this node's peer ID, listen addresses and Ethereum address."""
+    from p2p.host import peer_id_of_key
+
+    path = data_dir_of(data_dir)
+    try:
+        key = NodeKey.load(path)
+        config = NodeConfig.load(path)
+    except (KeyFileError, ConfigError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    peer = peer_id_of_key(key)
+    typer.echo(f"peer id:     {peer}")
+    typer.echo(f"eth address: {key.eth_address}")
+    addr_file = path / "node.addr"
+    if addr_file.exists():
+        for addr in addr_file.read_text().split():
+            typer.echo(f"listening:   {addr}")
+    else:
+        for addr in config.listen:
+            typer.echo(f"listen:      {addr}/p2p/{peer}  (configured; node not running)")
+
+
+# -- running a node ------------------------------------------------------------
+
+
+@node_app.command("run")
+def node_run(
+    data_dir: DataDir = None,
+    listen: Annotated[
+        list[str] | None,
+        typer.Option("--listen", "-l", help="Multiaddr to listen on (repeatable)."),
+    ] = None,
+    bootstrap: Annotated[
+        list[str] | None, typer.Option("--bootstrap", "-b", help="Peer multiaddr to dial at start.")
+    ] = None,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option("--allow", help="Peer ID to accept announcements from (stand-in for stake)."),
+    ] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Run a content node until Ctrl-C."""
+    setup_logging(verbose)
+    path = data_dir_of(data_dir)
+
+    async def main() -> None:
+        config = NodeConfig.load(
+            path,
+            listen=tuple(listen) if listen else None,
+            bootstrap=tuple(bootstrap) if bootstrap else None,
+            allow=tuple(allow) if allow else None,
+        )
+        node = Node(config)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            addrs = node.host.addrs()
+            (path / "node.addr").write_text("\n".join(addrs) + "\n")
+            err.print(f"[green]node {node.peer_id} running[/green]; data in {path}")
+            for addr in addrs:
+                typer.echo(addr)
+            try:
+                await trio.sleep_forever()
+            finally:
+                (path / "node.addr").unlink(missing_ok=True)
+
+    run_async(main)
+
+
+# -- client commands -----------------------------------------------------------
+
+
+async def _with_client(node_addr: str, body: Callable[[Client, Any], Awaitable[T]]) -> T:
+    client = Client()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        with trio.fail_after(15):
+            peer = await client.connect(node_addr)
+        result = await body(client, peer)
+        nursery.cancel_scope.cancel()
+    return result
+
+
+@app.command()
+def add(
+    file: Annotated[Path, typer.Argument(help="The file to upload.", exists=True, dir_okay=False)],
+    node: NodeAddr = None,
+    data_dir: DataDir = None,
+    verbose: Verbose = False,
+) -> None:
+    """Upload FILE to a node, which stores, pins and announces it; print its CID."""
+    setup_logging(verbose)
+    addr = _resolve(node, data_dir)
+    size = file.stat().st_size
+
+    async def body(client: Client, peer: Any) -> tuple[CID, int]:
+        with progress_bar() as bar:
+            task = bar.add_task(f"add {file.name}", total=size)
+            return await client.upload(
+                peer,
+                file_chunks(file),
+                name=file.name,
+                size=size,
+                progress=lambda n: bar.advance(task, n),
+            )
+
+    start = time.perf_counter()
+    cid, got = run_async(lambda: _with_client(addr, body))
+    err.print(f"added {got} bytes in {time.perf_counter() - start:.2f} s")
+    typer.echo(str(cid))
+
+
+def _resolve(node: str | None, data_dir: Path | None) -> str:
+    try:
+        addr = node_addr_of(node, data_dir)
+        peer_of_addr(addr)
+    except (ConfigError, AddressError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    return addr
+
+
+def _parse_cid(text: str) -> CID:
+    try:
+        return CID.parse(text)
+    except DecodingError as exc:
+        err.print(f"[red]error:[/red] {text!r} is not a CID: {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def get(
+    cid: Annotated[str, typer.Argument(help="CID of the file.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the file.")],
+    node: NodeAddr = None,
+    data_dir: DataDir = None,
+    verbose: Verbose = False,
+) -> None:
+    """Fetch a file by CID from every node that holds it; verify every block."""
+    setup_logging(verbose)
+    addr = _resolve(node, data_dir)
+    root = _parse_cid(cid)
+    partial = output.with_name(output.name + ".part")
+
+    async def body(client: Client, peer: Any) -> int:
+        fetch = await client.fetch(root, [peer])
+        with progress_bar() as bar, partial.open("wb") as fh:
+            task = bar.add_task(f"get {str(root)[:16]}…", total=None)
+            async for chunk in fetch.leaves():
+                fh.write(chunk)
+                if fetch.filesize is not None:
+                    bar.update(task, total=fetch.filesize)
+                bar.advance(task, len(chunk))
+        return fetch.bytes
+
+    start = time.perf_counter()
+    try:
+        got = run_async(lambda: _with_client(addr, body))
+    finally:
+        if partial.exists() and not output.exists():
+            pass
+    partial.replace(output)
+    err.print(f"wrote {got} bytes to {output} in {time.perf_counter() - start:.2f} s")
+
+
+@app.command()
+def cat(
+    cid: Annotated[str, typer.Argument(help="CID of the file.")],
+    node: NodeAddr = None,
+    data_dir: DataDir = None,
+    verbose: Verbose = False,
+) -> None:
+    """Stream a file to stdout as its blocks arrive (pipe it to a player)."""
+    setup_logging(verbose)
+    addr = _resolve(node, data_dir)
+    root = _parse_cid(cid)
+    out = sys.stdout.buffer
+
+    async def body(client: Client, peer: Any) -> None:
+        fetch = await client.fetch(root, [peer])
+        async for chunk in fetch.leaves():
+            try:
+                out.write(chunk)
+                out.flush()
+            except BrokenPipeError:
+                return  # the player quit: not an error
+
+    run_async(lambda: _with_client(addr, body))
+
+
+@app.command()
+def peers(node: NodeAddr = None, data_dir: DataDir = None, verbose: Verbose = False) -> None:
+    """List the peers a node is connected to."""
+    setup_logging(verbose)
+    addr = _resolve(node, data_dir)
+
+    async def body(client: Client, peer: Any) -> list[dict[str, Any]]:
+        reply = await client.ask(peer, "peers")
+        return list(reply["peers"])
+
+    for entry in run_async(lambda: _with_client(addr, body)):
+        if entry["peer"] == "":
+            continue
+        addrs = ", ".join(entry.get("addrs", [])) or "(no known address)"
+        typer.echo(f"{entry['peer']}  {addrs}")
+
+
+@app.command()
+def devnet(
+    nodes: Annotated[int, typer.Option("--nodes", "-n", min=1, max=50, help="How many nodes.")] = 3,
+    demo: Annotated[
+        bool, typer.Option(help="Add a sample track at the first node, fetch it at the last.")
+    ] = True,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", "-d", help="Keep node data here (default: a temp dir)."),
+    ] = None,
+    exit_after_demo: Annotated[
+        bool, typer.Option(help="Stop after the demo instead of running until Ctrl-C.")
+    ] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Start a local network of NODES content nodes on 127.0.0.1 until Ctrl-C."""
+    from cli.devnet import run_devnet
+
+    setup_logging(verbose)
+    run_async(
+        lambda: run_devnet(nodes, demo=demo, data_dir=data_dir, exit_after_demo=exit_after_demo)
+    )
+
+
+def run() -> None:
+    app()
+
+
+__all__ = ["AllowlistOracle", "Host", "HostConfig", "app", "run"]

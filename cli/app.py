@@ -119,12 +119,26 @@ def run_async(fn: Callable[[], Awaitable[T]]) -> T:
     """Run ``fn`` under trio; turn the errors a user can act on into one line."""
     try:
         return trio.run(fn)
-    except USER_ERRORS as exc:
-        err.print(f"[red]error:[/red] {exc}")
+    except (*USER_ERRORS, BaseExceptionGroup) as exc:
+        leaves = _leaves(exc)
+        if all(isinstance(e, KeyboardInterrupt) for e in leaves):
+            err.print("stopped")
+            raise typer.Exit(130) from None
+        if not all(isinstance(e, USER_ERRORS) for e in leaves):
+            raise
+        for leaf in leaves:
+            err.print(f"[red]error:[/red] {leaf}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         err.print("stopped")
         raise typer.Exit(130) from None
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups that trio nurseries raise."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
 
 
 def progress_bar() -> Progress:
@@ -319,9 +333,9 @@ def get(
     start = time.perf_counter()
     try:
         got = run_async(lambda: _with_client(addr, body))
-    finally:
-        if partial.exists() and not output.exists():
-            pass
+    except BaseException:
+        partial.unlink(missing_ok=True)  # never leave a half file under any name
+        raise
     partial.replace(output)
     err.print(f"wrote {got} bytes to {output} in {time.perf_counter() - start:.2f} s")
 

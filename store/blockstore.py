@@ -86,7 +86,10 @@ class BlockStore:
     # -- life cycle -------------------------------------------------------
 
     @classmethod
-    def open(cls, path: Path, *, map_size: int = DEFAULT_MAP_SIZE) -> BlockStore:
+    def open(
+        cls, path: Path, *, map_size: int = DEFAULT_MAP_SIZE, recover: bool = True
+    ) -> BlockStore:
+        """Open (creating if new) and lock the store; ``recover`` cleans up after a crash."""
         path.mkdir(parents=True, exist_ok=True)
         lock_fd = os.open(path / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -104,7 +107,8 @@ class BlockStore:
         store = cls(path, env, lock_fd)
         try:
             store._check_schema()
-            store.recover()
+            if recover:
+                store.recover()
         except (lmdb.Error, DecodingError, ValueError, cbor2.CBORDecodeError) as exc:
             store.close()
             raise StoreError(f"store in {path} is corrupt: {exc}") from None
@@ -244,6 +248,15 @@ class BlockStore:
                 if limit is not None and len(missing) >= limit:
                     break
         return missing
+
+    def open_sessions(self) -> list[str]:
+        """Write sessions begun and never ended (after a crash, until recover())."""
+        with self._env.begin(db=self._meta) as txn:
+            return [
+                bytes(k[len(b"session:") :]).decode()
+                for k, _ in txn.cursor()
+                if k.startswith(b"session:")
+            ]
 
     def recover(self) -> int:
         """After a crash: drop blocks that no pin reaches. Returns blocks removed."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -58,10 +59,8 @@ async def test_sigkill_mid_upload_leaves_whole_or_absent(tmp_path: Path) -> None
                     yield big[i : i + (1 << 20)]
 
             async def doomed_upload() -> None:
-                try:
+                with contextlib.suppress(StreamError, UploadError):
                     await client.upload(peer, slow_source(), name="doomed")
-                except (StreamError, UploadError):
-                    pass
 
             nursery.start_soon(doomed_upload)
             with trio.fail_after(30):

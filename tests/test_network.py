@@ -129,7 +129,7 @@ async def test_stalling_provider_is_dropped(tmp_path: Path) -> None:
     from protocols.bitswap import BitswapConfig
 
     payload = os.urandom(4 * 262_144)
-    root, blocks = import_bytes(payload)
+    root, _ = import_bytes(payload)
     async with trio.open_nursery() as nursery:
         honest, fetcher = await start_nodes(
             nursery, tmp_path, 2, bitswap=BitswapConfig(stall_timeout=0.5)

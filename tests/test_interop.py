@@ -44,8 +44,15 @@ async def test_helia_fetches_by_cid_from_a_coliving_node(tmp_path: Path, size: i
         root = await node.add(chunks(payload), name="interop")
         with trio.fail_after(90):
             result = await trio.run_process(
-                [str(NODE22), str(FETCH), "--timeout-ms", "60000"]
-                + [node.host.addrs()[0], str(root), str(out)],
+                [
+                    str(NODE22),
+                    str(FETCH),
+                    "--timeout-ms",
+                    "60000",
+                    node.host.addrs()[0],
+                    str(root),
+                    str(out),
+                ],
                 capture_stdout=True,
                 capture_stderr=True,
                 check=False,

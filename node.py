@@ -22,7 +22,7 @@ from typing import Any
 
 import trio
 
-from chain.oracle import AllowlistOracle, StakeOracle
+from chain.oracle import AllowlistOracle, StakeOracle, WatchingOracle
 from p2p.abc import Stream, StreamError, TaskStatus
 from p2p.gossip import Gossip, GossipConfig, GossipMessage
 from p2p.host import AddressError, DialError, Host, HostConfig, peer_id_bytes, peer_id_from_bytes
@@ -52,6 +52,11 @@ class NodeConfig:
     allow_all: bool = False
     announce_interval: float = 1.0
     announce_ttl: int = 3600
+    # the stake oracle: None = the allowlist above; else a JSON-RPC URL of the
+    # chain the deployment file (contract addresses) describes
+    rpc: str | None = None
+    deployment: str | None = None
+    chain_poll_interval: float = 1.0
     bitswap: BitswapConfig = field(default_factory=BitswapConfig)
     gossip: GossipConfig = field(default_factory=GossipConfig)
 
@@ -64,6 +69,21 @@ class NodeConfig:
             raise ConfigError(
                 f"announce_ttl must be in [{announce.MIN_TTL}, {announce.MAX_TTL}] seconds"
             )
+        if self.rpc is not None:
+            if self.rpc == "embedded":
+                raise ConfigError(
+                    "rpc: the embedded chain lives inside one process; use `coliving devnet` "
+                    "for it, or give a node the URL of a JSON-RPC endpoint (anvil, geth...)"
+                )
+            if not self.rpc.startswith(("http://", "https://")):
+                raise ConfigError(f"rpc must be an http(s) URL, not {self.rpc!r}")
+            if self.deployment is None:
+                raise ConfigError(
+                    "rpc needs deployment: the JSON file naming the contract addresses "
+                    "(written by `coliving chain deploy`)"
+                )
+        if self.chain_poll_interval <= 0:
+            raise ConfigError("chain_poll_interval must be positive")
 
     @classmethod
     def load(cls, data_dir: Path, **overrides: Any) -> NodeConfig:
@@ -91,6 +111,23 @@ class NodeConfig:
             return cls(data_dir=data_dir, **values)
         except TypeError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+
+
+def _oracle_from_config(config: NodeConfig, me: PeerId) -> StakeOracle:
+    if config.rpc is None:
+        return AllowlistOracle([PeerId(p) for p in config.allow] + [me], allow_all=config.allow_all)
+    from chain.access import ChainAccess, ChainConfig, connect
+    from chain.deploy import Deployment
+    from chain.stake import ChainStakeOracle
+
+    assert config.deployment is not None
+    path = Path(config.deployment).expanduser()
+    try:
+        deployment = Deployment.from_json(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"deployment {path}: {exc}") from None
+    access = ChainAccess(connect(ChainConfig(rpc=config.rpc)))
+    return ChainStakeOracle(access, deployment, poll_interval=config.chain_poll_interval)
 
 
 class _Peer:
@@ -153,9 +190,10 @@ class Node(_Peer):
         self.store = BlockStore.open(config.data_dir / "store")
         self.host = Host(self.key, HostConfig(listen=config.listen, bootstrap=config.bootstrap))
         self.peer_id = self.host.peer_id
-        self.oracle: StakeOracle = oracle or AllowlistOracle(
-            [PeerId(p) for p in config.allow] + [self.peer_id], allow_all=config.allow_all
-        )
+        self.oracle: StakeOracle = oracle or _oracle_from_config(config, self.peer_id)
+        if isinstance(self.oracle, WatchingOracle) and self.oracle.on_unstaked is None:
+            self.oracle.on_unstaked = self._peer_unstaked
+        self.unstaked_dropped = 0
         self.gossip = Gossip(self.host, config.gossip)
         self.validator = announce.AnnounceValidator(self.oracle)
         self.bitswap = Bitswap(
@@ -176,6 +214,8 @@ class Node(_Peer):
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             async with trio.open_nursery() as nursery:
+                if isinstance(self.oracle, WatchingOracle):
+                    await nursery.start(self.oracle.run)
                 await nursery.start(self.host.run)
                 await nursery.start(self.gossip.run)
                 self.gossip.set_validator(announce.TOPIC, self.validator)
@@ -267,6 +307,11 @@ class Node(_Peer):
             removed = self.store.expire_providers()
             if removed:
                 log.debug("expired %d provider records", removed)
+
+    def _peer_unstaked(self, peer: PeerId) -> None:
+        """The oracle no longer accepts ``peer``: its provider records go now."""
+        self.unstaked_dropped += self.store.expire_providers(peer=peer_id_bytes(peer))
+        log.info("%s is no longer staked; its provider records are dropped", peer)
 
     def _bad_peer(self, peer: PeerId, reason: str) -> None:
         self.misbehaviour[peer] = reason

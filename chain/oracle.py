@@ -6,10 +6,13 @@ configuration. Both satisfy :class:`StakeOracle`, so the node takes either.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+import trio
+
+from p2p.abc import TaskStatus
 from p2p.keys import PeerId
 
 CONTENT_NODE = "content-node"
@@ -33,6 +36,19 @@ class StakeOracle(Protocol):
     """Answers from local state only: it must never block the trio loop."""
 
     async def stake_of(self, peer: PeerId) -> Stake | None: ...
+
+
+@runtime_checkable
+class WatchingOracle(StakeOracle, Protocol):
+    """An oracle that follows a changing source (the chain) in a task of its own.
+
+    The node starts ``run`` in its nursery and sets ``on_unstaked``, which the
+    oracle calls for each peer it had accepted and no longer does.
+    """
+
+    on_unstaked: Callable[[PeerId], None] | None
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None: ...
 
 
 class AllowlistOracle:

@@ -395,14 +395,37 @@ def devnet(
     exit_after_demo: Annotated[
         bool, typer.Option(help="Stop after the demo instead of running until Ctrl-C.")
     ] = False,
+    rpc: Annotated[
+        str,
+        typer.Option(
+            help="Chain: 'embedded' (in-process py-evm, contracts deployed at start) or the "
+            "JSON-RPC URL of a dev chain with unlocked accounts, such as anvil."
+        ),
+    ] = "embedded",
+    deployment: Annotated[
+        Path | None,
+        typer.Option(help="With --rpc: use the contracts of this deployment file, don't deploy."),
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
-    """Start a local network of NODES content nodes on 127.0.0.1 until Ctrl-C."""
+    """Start a local network of NODES staked content nodes on 127.0.0.1 until Ctrl-C.
+
+    Deploys the staking contracts on the chain, registers every node, adds a
+    sample track at the first node and fetches it at the last, then shows an
+    unregistered node being ignored.
+    """
     from cli.devnet import run_devnet
 
     setup_logging(verbose)
     run_async(
-        lambda: run_devnet(nodes, demo=demo, data_dir=data_dir, exit_after_demo=exit_after_demo)
+        lambda: run_devnet(
+            nodes,
+            demo=demo,
+            data_dir=data_dir,
+            exit_after_demo=exit_after_demo,
+            rpc=rpc,
+            deployment=deployment,
+        )
     )
 
 

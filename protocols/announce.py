@@ -84,6 +84,8 @@ def decode(data: bytes) -> Announcement:
     t, ttl, addrs, roots = obj["t"], obj["ttl"], obj["addrs"], obj["roots"]
     if not isinstance(t, (int, float)) or isinstance(t, bool) or t != t:
         raise DecodingError("announcement time must be a number")
+    if isinstance(t, int) and not -(2**53) <= t <= 2**53:
+        raise DecodingError("announcement time out of range")  # a CBOR bignum
     if not isinstance(ttl, int) or isinstance(ttl, bool) or not MIN_TTL <= ttl <= MAX_TTL:
         raise DecodingError(f"announcement ttl must be an integer in [{MIN_TTL}, {MAX_TTL}]")
     if not isinstance(addrs, list) or len(addrs) > MAX_ADDRS:
@@ -105,9 +107,15 @@ class AnnounceValidator:
         self.clock = clock
         self.accepted = 0
         self.rejected: dict[str, int] = {}
+        self.verdict = trio.Event()  # set after every decision (tests wait on it)
+
+    def _decided(self) -> None:
+        self.verdict.set()
+        self.verdict = trio.Event()
 
     def _reject(self, reason: str) -> bool:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        self._decided()
         return False
 
     async def __call__(self, origin: PeerId, forwarder: PeerId, data: bytes) -> bool:
@@ -120,6 +128,7 @@ class AnnounceValidator:
         if not await is_staked_content_node(self.oracle, origin):
             return self._reject("unstaked")
         self.accepted += 1
+        self._decided()
         return True
 
 

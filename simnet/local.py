@@ -1,9 +1,11 @@
 """Several real nodes in one trio process on 127.0.0.1: the test and devnet driver.
 
 Used by the tests, ``coliving devnet`` and the benchmarks, so all three run
-the same code. Each node has its own data directory and key; every node's
-allowlist holds all the others (the allowlist stands in for the stake oracle
-until the chain lands).
+the same code. Each node has its own data directory and key. Without a chain,
+every node's allowlist holds the staked others; with one (a
+:class:`chain.local.LocalChain`), the staked nodes are registered on it
+before they start and every node asks the chain through its own
+:class:`ChainStakeOracle`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import trio
 
+from chain.local import LocalChain
 from node import Node, NodeConfig
 from p2p.host import peer_id_of_key
 from p2p.keys import NodeKey, PeerId
@@ -35,11 +38,13 @@ async def start_nodes(
     topology: Sequence[Sequence[int]] | None = None,
     names: Sequence[str] | None = None,
     staked: Sequence[bool] | None = None,
+    chain: LocalChain | None = None,
     **config: object,
 ) -> list[Node]:
     """Start ``count`` nodes in order; node i dials the nodes ``topology[i]``.
 
-    ``staked[i]`` False leaves node i off everyone's allowlist.
+    ``staked[i]`` False leaves node i off everyone's allowlist, or unregistered
+    on ``chain``.
     """
     topology = topology or chain_topology(count)
     names = names or [f"node{i}" for i in range(count)]
@@ -49,6 +54,11 @@ async def start_nodes(
         data_dir = base_dir / name
         keys.append(NodeKey.load_or_create(data_dir))
     allow = tuple(peer_id_of_key(k) for k, s in zip(keys, staked, strict=True) if s)
+    if chain is not None:
+        allow = ()
+        for key, is_staked in zip(keys, staked, strict=True):
+            if is_staked:
+                await chain.register(key)
     nodes: list[Node] = []
     for i, name in enumerate(names):
         bootstrap = tuple(nodes[j].host.addrs()[0] for j in topology[i])
@@ -58,7 +68,7 @@ async def start_nodes(
             allow=allow,
             **config,
         )
-        node = Node(cfg, key=keys[i])
+        node = Node(cfg, key=keys[i], oracle=None if chain is None else chain.oracle())
         await nursery.start(node.run)
         nodes.append(node)
     return nodes

@@ -49,9 +49,11 @@ def test_bad_config_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_devnet_demo_adds_and_fetches_the_sample() -> None:
     proc = run("devnet", "--nodes", "3", "--exit-after-demo")
     out = proc.stdout.decode()
-    assert "devnet: 3 nodes up" in out
+    assert "devnet: 3 staked nodes up" in out
+    assert out.count("200,000 LIVE staked") == 3
     assert "verified: yes" in out
     assert "CID bafy" in out
+    assert "rejected it (not staked on chain); provider index lists it: no" in out
 
 
 async def test_add_get_cat_against_a_node_process(tmp_path: Path) -> None:

@@ -96,6 +96,7 @@ class ChainStakeOracle:
         self.available = True  # the last RPC round trip worked
         self.problem: str | None = None  # why nobody is accepted right now, if so
         self.head_changed = trio.Event()  # set whenever the oracle processed a new head
+        self.polled = trio.Event()  # set after every poll attempt, failed ones too
 
     @property
     def head(self) -> int | None:
@@ -167,6 +168,8 @@ class ChainStakeOracle:
                 self.problem = str(exc)
                 self._drop_everyone()
                 backoff = min(backoff * 2, 30.0)
+            self.polled.set()
+            self.polled = trio.Event()
             if not started:
                 task_status.started()
                 started = True

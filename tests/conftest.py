@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,3 +23,12 @@ def data(tmp_path: Path) -> Path:
 def pattern(n: int) -> bytes:
     """The vector content: byte i is i mod 251 (same as tools/js/cid_vectors.mjs)."""
     return (bytes(range(251)) * (n // 251 + 1))[:n]
+
+
+@pytest.fixture
+def anvil_url() -> Iterator[str]:
+    """A fresh anvil chain (automine) on 127.0.0.1; skipped if the npm binary is missing."""
+    from tests.anvil import start_anvil
+
+    with start_anvil() as url:
+        yield url

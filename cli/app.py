@@ -29,6 +29,7 @@ from rich.progress import (
 )
 
 from chain.oracle import AllowlistOracle
+from cli.operator import chain_app, operator_app
 from node import Client, ConfigError, Node, NodeConfig, file_chunks
 from p2p.abc import StreamError
 from p2p.host import AddressError, DialError, Host, HostConfig, peer_of_addr
@@ -46,6 +47,8 @@ app = typer.Typer(
 )
 node_app = typer.Typer(help="Run a content node.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
+app.add_typer(operator_app, name="operator")
+app.add_typer(chain_app, name="chain")
 err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
@@ -213,11 +216,32 @@ def node_run(
     ] = None,
     allow: Annotated[
         list[str] | None,
-        typer.Option("--allow", help="Peer ID to accept announcements from (stand-in for stake)."),
+        typer.Option(
+            "--allow", help="Without --rpc: a peer ID to accept announcements from (no chain)."
+        ),
+    ] = None,
+    rpc: Annotated[
+        str | None,
+        typer.Option(
+            envvar="COLIVING_RPC",
+            help="JSON-RPC URL of the chain: accept announcements only from peers staked there.",
+        ),
+    ] = None,
+    deployment: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="COLIVING_DEPLOYMENT",
+            help="With --rpc: the deployment file naming the contracts (coliving chain deploy).",
+        ),
     ] = None,
     verbose: Verbose = False,
 ) -> None:
-    """Run a content node until Ctrl-C."""
+    """Run a content node until Ctrl-C.
+
+    With --rpc and --deployment (or rpc/deployment in node.toml) the node
+    accepts announcements only from content nodes staked on that chain; an
+    unreachable RPC is retried in the background while the node serves.
+    """
     setup_logging(verbose)
     path = data_dir_of(data_dir)
 
@@ -227,9 +251,12 @@ def node_run(
             listen=tuple(listen) if listen else None,
             bootstrap=tuple(bootstrap) if bootstrap else None,
             allow=tuple(allow) if allow else None,
+            rpc=rpc,
+            deployment=str(deployment) if deployment else None,
         )
         node = Node(config)
         async with trio.open_nursery() as nursery:
+            await _check_chain(node)
             await nursery.start(node.run)
             addrs = node.host.addrs()
             (path / "node.addr").write_text("\n".join(addrs) + "\n")
@@ -242,6 +269,25 @@ def node_run(
                 (path / "node.addr").unlink(missing_ok=True)
 
     run_async(main)
+
+
+async def _check_chain(node: Node) -> None:
+    """Fail fast on a chain that is reachable but wrong; only warn if unreachable."""
+    from chain.access import ChainUnavailable
+    from chain.stake import ChainStakeOracle, WrongChain
+
+    if not isinstance(node.oracle, ChainStakeOracle):
+        return
+    try:
+        with trio.fail_after(15):
+            await node.oracle.check_chain()
+    except (ChainUnavailable, trio.TooSlowError) as exc:
+        err.print(
+            f"[yellow]warning[/yellow]: {exc or 'chain RPC timed out'}; retrying in the "
+            "background, accepting no announcements until it answers"
+        )
+    except WrongChain as exc:
+        raise ConfigError(str(exc)) from None
 
 
 # -- client commands -----------------------------------------------------------

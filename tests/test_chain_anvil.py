@@ -173,3 +173,26 @@ async def test_wrong_chain_id_accepts_nobody_and_says_why(anvil_url: str) -> Non
     await right.poll()
     assert right.problem is None
     assert await right.stake_of(peer_id_of_key(key)) is not None
+
+
+def test_node_run_refuses_a_deployment_of_another_chain(anvil_url: str, tmp_path: Path) -> None:
+    from tests.test_cli import run
+
+    async def deploy() -> LocalChain:
+        return await open_chain(anvil_url)
+
+    chain = trio.run(deploy)
+    wrong = dataclasses.replace(chain.deployment, chain_id=5)
+    path = tmp_path / "deployment.json"
+    path.write_text(wrong.to_json())
+    args = ["node", "run", "--data-dir", str(tmp_path / "n"), "--rpc", anvil_url]
+    proc = run(*args, "--deployment", str(path), check=False)
+    assert proc.returncode == 1
+    assert b"deployment is for chain id 5" in proc.stderr and b"31337" in proc.stderr
+    assert b"Traceback" not in proc.stderr
+
+    proc = run(*args, "--deployment", str(tmp_path / "missing.json"), check=False)
+    assert proc.returncode == 1 and b"missing.json" in proc.stderr
+
+    proc = run("node", "run", "--data-dir", str(tmp_path / "n"), "--rpc", "embedded", check=False)
+    assert proc.returncode == 1 and b"coliving devnet" in proc.stderr

@@ -91,6 +91,8 @@ class ChainStakeOracle:
         self._cache: OrderedDict[PeerId, Stake | None] = OrderedDict()
         self._head: tuple[int, bytes] | None = None
         self._generation = 0  # bumped at every clear
+        # service type -> (exists, minimum stake); one eth_call per miss, not two
+        self._type_bounds: dict[bytes, tuple[bool, int]] = {}
         self._recheck: set[PeerId] = set()  # accepted peers whose answer was cleared
         self._checked = False  # chain id and registry code verified since the last failure
         self.available = True  # the last RPC round trip worked
@@ -142,7 +144,12 @@ class ChainStakeOracle:
         ).call()
         if int(owner, 16) == 0:
             return None
-        exists, minimum, _maximum = self._types.functions.getServiceType(type_id).call()
+        types = self._type_bounds  # replaced (not mutated) at every clear
+        bounds = types.get(type_id)
+        if bounds is None:
+            exists, minimum, _maximum = self._types.functions.getServiceType(type_id).call()
+            bounds = types[type_id] = (exists, minimum)
+        exists, minimum = bounds
         amount = own + delegated if active and exists else 0
         return Stake(service_type_name(type_id), amount, minimum)
 
@@ -237,6 +244,7 @@ class ChainStakeOracle:
         the next successful poll."""
         self.stats.clears += 1
         self._generation += 1
+        self._type_bounds = {}
         self._recheck.update(p for p, s in self._cache.items() if s is not None and s.sufficient)
         self._cache.clear()
         await self._run_rechecks()
@@ -257,6 +265,7 @@ class ChainStakeOracle:
         self._cache.clear()
         self._recheck.clear()
         self._generation += 1
+        self._type_bounds = {}
         if self.on_unstaked is not None:
             for peer in staked:
                 self.on_unstaked(peer)

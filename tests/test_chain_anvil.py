@@ -196,3 +196,13 @@ def test_node_run_refuses_a_deployment_of_another_chain(anvil_url: str, tmp_path
 
     proc = run("node", "run", "--data-dir", str(tmp_path / "n"), "--rpc", "embedded", check=False)
     assert proc.returncode == 1 and b"coliving devnet" in proc.stderr
+
+
+def test_devnet_on_anvil(anvil_url: str) -> None:
+    from tests.test_cli import run
+
+    out = run("devnet", "--nodes", "2", "--rpc", anvil_url, "--exit-after-demo").stdout.decode()
+    assert f"chain: {anvil_url}, chain id 31337" in out
+    assert out.count("200,000 LIVE staked") == 2
+    assert "verified: yes" in out
+    assert "rejected it (not staked on chain)" in out

@@ -26,6 +26,7 @@ import time
 from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 import trio
@@ -74,6 +75,7 @@ class BitswapStats:
     bytes_fetched: int = 0
     bad_blocks: int = 0
     dont_haves_sent: int = 0
+    late_blocks: int = 0  # arrived after we cancelled them: harmless, not counted as fetched
 
 
 @dataclass
@@ -147,6 +149,7 @@ class Bitswap:
         claimed = [f for f in self._fetches if f.asked(peer, block.cid)]
         if not claimed:
             if block.cid in self._cancelled.get(peer, ()):
+                self.stats.late_blocks += 1
                 return  # it crossed our cancel on the wire: harmless
             self.stats.bad_blocks += 1
             self.report_bad_peer(peer, f"sent a block nobody asked it for ({block.cid})")
@@ -176,18 +179,22 @@ class Bitswap:
             while True:
                 await ledger.wake.wait()
                 ledger.wake = trio.Event()
+                # The first reply after a pause carries one block, so the first
+                # byte is not held back behind a whole batch; then full batches.
+                limit = 1
                 while ledger.wants:
-                    await self.send(peer, self._next_reply(ledger))
+                    await self.send(peer, self._next_reply(ledger, limit))
+                    limit = self.config.batch_bytes
         except StreamError as exc:
             log.debug("stopped serving %s: %s", peer, exc)
         finally:
             self._ledgers.pop(peer, None)
 
-    def _next_reply(self, ledger: _Ledger) -> BitswapMessage:
+    def _next_reply(self, ledger: _Ledger, limit: int) -> BitswapMessage:
         blocks: list[Block] = []
         presences: list[tuple[CID, Presence]] = []
         size = 0
-        while ledger.wants and size < self.config.batch_bytes:
+        while ledger.wants and size < limit:
             cid, want = ledger.wants.popitem(last=False)
             if want.want_type == WantType.HAVE:
                 if self.store.has(cid):
@@ -378,11 +385,11 @@ class Fetch:
                     self.first_byte_at = time.perf_counter()
                 self.bytes += len(data)
                 if len(self._pending_store) >= self.bs.config.store_batch:
-                    self._flush()
+                    await self._flush()
                 yield data
-                if self._pos < len(self._seq) and len(self._inflight) < self.bs.config.window // 2:
+                if self._pos < len(self._seq) and len(self._inflight) <= self._refill_below():
                     await self._request_more()
-            self._flush()
+            await self._flush()
             if self.filesize is None:
                 self.filesize = self.bytes
             if self.pin_name is not None:
@@ -398,17 +405,32 @@ class Fetch:
             with trio.CancelScope(shield=True):
                 await self._cancel_all()
 
+    def _refill_below(self) -> int:
+        # Top the window up once a quarter of it is free, not after every block:
+        # one want message per several blocks, and far fewer scans of the DAG.
+        cfg = self.bs.config
+        capacity = min(cfg.window, cfg.per_peer_window * max(1, len(self.providers)))
+        return capacity - max(1, capacity // 4)
+
     async def read_all(self) -> bytes:
         return b"".join([chunk async for chunk in self.leaves()])
 
-    def _flush(self) -> None:
+    async def _flush(self) -> None:
+        # Verify and write in a worker thread: LMDB's copy and fsync release the
+        # GIL, so the blocks behind keep arriving meanwhile. The batch leaves
+        # _pending_store first; the loop in leaves() is the only one touching it.
         if self._pending_store:
-            self.bs.store.put_many(self._pending_store.values(), session=self._session)
+            batch = list(self._pending_store.values())
             self._pending_store = {}
+            await trio.to_thread.run_sync(
+                partial(self.bs.store.put_many, batch, session=self._session)
+            )
 
     def _flush_quietly(self) -> None:
         try:
-            self._flush()
+            if self._pending_store:
+                self.bs.store.put_many(self._pending_store.values(), session=self._session)
+                self._pending_store = {}
         except Exception:
             log.debug("could not store the last blocks of %s", self.root, exc_info=True)
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from protocols import pb
-from protocols.cid import CID
+from protocols.cid import CID, encode_uvarint
 from protocols.errors import DecodingError
 from protocols.unixfs import MAX_BLOCK_SIZE, Block
 
@@ -89,7 +89,7 @@ def encode(msg: BitswapMessage) -> bytes:
         for want in msg.wants:
             entry = pb.field_bytes(1, want.cid.to_bytes())
             if want.priority:
-                entry += pb.field_varint(2, want.priority)
+                entry += pb.field_varint(2, _uint64(want.priority))
             if want.cancel:
                 entry += pb.field_varint(3, 1)
             if want.want_type:
@@ -101,15 +101,18 @@ def encode(msg: BitswapMessage) -> bytes:
             wl += pb.field_varint(2, 1)
         out += pb.field_bytes(1, bytes(wl))
     for block in msg.blocks:
-        body = pb.field_bytes(1, block.cid.prefix()) + pb.field_bytes(2, block.data)
-        out += pb.field_bytes(3, body)
+        # the block bytes are copied once, straight into the message
+        head = pb.field_bytes(1, block.cid.prefix()) + pb.key(2, pb.LEN)
+        head += encode_uvarint(len(block.data))
+        out += pb.key(3, pb.LEN) + encode_uvarint(len(head) + len(block.data)) + head
+        out += block.data
     for cid, presence in msg.presences:
         body = pb.field_bytes(1, cid.to_bytes())
         if presence:
             body += pb.field_varint(2, int(presence))
         out += pb.field_bytes(4, body)
     if msg.pending_bytes:
-        out += pb.field_varint(5, msg.pending_bytes)
+        out += pb.field_varint(5, _uint64(msg.pending_bytes))
     return bytes(out)
 
 
@@ -140,6 +143,13 @@ def decode(data: bytes | memoryview) -> BitswapMessage:
     return BitswapMessage(tuple(wants), full, tuple(blocks), tuple(presences), pending)
 
 
+def _uint64(value: int) -> int:
+    # protobuf sends a negative int32 as its 64-bit two's complement (a 10-byte varint)
+    if not -(1 << 31) <= value < 1 << 31:
+        raise ValueError(f"{value} does not fit an int32")
+    return value & ((1 << 64) - 1)
+
+
 def _int32(value: int) -> int:
     # protobuf int32 negatives arrive as 10-byte two's complement varints
     if value >= 1 << 63:
@@ -168,7 +178,8 @@ def _decode_wantlist(body: memoryview, wants: list[WantEntry]) -> bool:
 
 def _decode_entry(body: memoryview) -> WantEntry:
     cid: CID | None = None
-    priority, cancel, want_type, send_dont_have = 1, False, WantType.BLOCK, False
+    # An absent field is the proto3 default (0), as the encoder omits it.
+    priority, cancel, want_type, send_dont_have = 0, False, WantType.BLOCK, False
     for num, wire, value in pb.iter_fields(body):
         if num == 1:
             cid = CID.from_bytes(pb.expect_len(wire, value, "entry.block"))

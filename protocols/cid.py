@@ -43,6 +43,8 @@ def decode_uvarint(
     data: bytes | memoryview, offset: int = 0, *, max_bytes: int = 9
 ) -> tuple[int, int]:
     """Decode a uvarint at ``offset``; return (value, offset after it)."""
+    if offset < len(data) and data[offset] < 0x80:
+        return data[offset], offset + 1  # one byte: most tags and lengths, always minimal
     value = 0
     shift = 0
     for i in range(max_bytes):

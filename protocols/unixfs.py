@@ -84,6 +84,8 @@ def encode_unixfs_file(filesize: int, blocksizes: Iterable[int], data: bytes = b
 
 def decode_file_node(block: bytes | memoryview) -> FileNode:
     """Decode a dag-pb block that must be a UnixFS file (or raw) node."""
+    if len(block) > MAX_BLOCK_SIZE:
+        raise DecodingError(f"dag-pb block of {len(block)} bytes exceeds {MAX_BLOCK_SIZE}")
     links: list[Link] = []
     data: memoryview | None = None
     for num, wire, value in pb.iter_fields(block):

@@ -43,6 +43,8 @@ class UploadError(Exception):
 
 
 def decode_header(data: bytes) -> tuple[str, int | None]:
+    if len(data) > MAX_HEADER:
+        raise DecodingError(f"upload header over {MAX_HEADER} bytes")
     try:
         obj: Any = cbor2.loads(data)
     except Exception as exc:

@@ -64,16 +64,19 @@ class FrameReader:
             raise DecodingError(f"frame of {length} bytes exceeds the {max_size} byte limit")
         if not await self._fill(length):
             raise DecodingError(f"stream ended inside a {length} byte frame")
-        out = bytes(self._buf[self._pos : self._pos + length])
-        self._pos += length
+        return self._take(length)
+
+    def _take(self, n: int) -> bytes:
+        # one copy out of the buffer (a bytearray slice would copy twice)
+        with memoryview(self._buf) as view:
+            out = bytes(view[self._pos : self._pos + n])
+        self._pos += n
         return out
 
     async def read_exact(self, n: int) -> bytes:
         if not await self._fill(n):
             raise DecodingError(f"stream ended {n} bytes short")
-        out = bytes(self._buf[self._pos : self._pos + n])
-        self._pos += n
-        return out
+        return self._take(n)
 
 
 async def write_frame(stream: Stream, payload: bytes) -> None:

@@ -1,0 +1,434 @@
+"""Bad input against real nodes on 127.0.0.1: every protocol, then the data directory.
+
+Mallory is a bare libp2p host (no Coliving engine) that opens raw streams to
+alice and writes whatever it likes. Each case checks that alice ends the
+stream or answers with an error, records the misbehaviour where she keeps
+such a record, stores nothing unverified, pins nothing partial, and still
+serves an honest client afterwards.
+
+Every wait is on an event inside ``trio.fail_after``: handlers are wrapped
+(:class:`HandlerWatch`) so the test knows when alice is done with a stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cbor2
+import pytest
+import trio
+
+from node import Client, Node
+from p2p.abc import Stream, StreamError, StreamHandler
+from p2p.gossip import Gossip
+from p2p.host import DialError, Host, HostConfig, peer_id_of_key
+from p2p.keys import NodeKey
+from protocols import announce, query, upload
+from protocols import bitswap_msg as msg
+from protocols.bitswap_msg import BitswapMessage, WantEntry
+from protocols.cid import CID, RAW, decode_uvarint, encode_uvarint
+from protocols.unixfs import Block, import_bytes
+from protocols.wire import FrameReader, frame
+from simnet.local import start_nodes
+from store.blockstore import BlockStore
+from tests.test_crash import start_node_process
+
+WAIT = 20  # seconds: a generous deadline for any one network step on a loaded machine
+PAYLOAD = os.urandom(3 * 262_144 + 4321)
+
+
+class HandlerWatch:
+    """Wraps a stream handler: counts finished streams, keeps what they raised."""
+
+    def __init__(self) -> None:
+        self.finished = 0
+        self.raised: list[BaseException] = []
+        self._changed = trio.Event()
+
+    def wrap(self, handler: StreamHandler) -> StreamHandler:
+        async def watched(stream: Stream) -> None:
+            try:
+                await handler(stream)
+            except BaseException as exc:
+                self.raised.append(exc)
+                raise
+            finally:
+                self.finished += 1
+                self._changed.set()
+                self._changed = trio.Event()
+
+        return watched
+
+    async def wait_finished(self, n: int) -> None:
+        while self.finished < n:
+            await self._changed.wait()
+
+    def only_stream_errors(self) -> bool:
+        # The host adapter turns a StreamError into a reset; anything else would
+        # escape into libp2p's handler machinery: a bug.
+        return all(isinstance(e, StreamError) for e in self.raised)
+
+
+@dataclass
+class Scene:
+    alice: Node
+    mallory: Host
+    root: CID
+    blocks: list[Block]
+    bitswap: HandlerWatch = field(default_factory=HandlerWatch)
+    uploads: HandlerWatch = field(default_factory=HandlerWatch)
+    queries: HandlerWatch = field(default_factory=HandlerWatch)
+    gossip: Gossip | None = None
+
+    async def open(self, protocol: str) -> Stream:
+        return await self.mallory.open_stream(self.alice.peer_id, [protocol])
+
+
+async def chunks(data: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+@contextlib.asynccontextmanager
+async def scene(tmp_path: Path, *, gossip: bool = False) -> AsyncIterator[Scene]:
+    """Alice (a node holding PAYLOAD) and Mallory (a bare host connected to her).
+
+    With ``gossip`` Mallory also runs gossipsub, started before she dials so
+    that both sides see the connection as a pubsub peer.
+    """
+    async with trio.open_nursery() as nursery:
+        (alice,) = await start_nodes(nursery, tmp_path, 1, names=["alice"])
+        root = await alice.add(chunks(PAYLOAD), name="track")
+        mallory = Host(NodeKey.generate(), HostConfig())
+        await nursery.start(mallory.run)
+        s = Scene(alice, mallory, root, import_bytes(PAYLOAD)[1])
+        if gossip:
+            s.gossip = Gossip(mallory)
+            await nursery.start(s.gossip.run)
+        for proto in msg.PROTOCOLS:
+            alice.host.set_handler(proto, s.bitswap.wrap(alice.bitswap._handle_stream))
+        alice.host.set_handler(upload.PROTOCOL, s.uploads.wrap(alice.uploads.handle))
+        alice.host.set_handler(query.PROTOCOL, s.queries.wrap(alice._serve_query))
+        with trio.fail_after(WAIT):
+            await mallory.connect(alice.host.addrs()[0])
+        yield s
+        nursery.cancel_scope.cancel()
+
+
+async def drain(stream: Stream) -> bytes:
+    """Read until the peer closes (b"") or resets (StreamError); what came back."""
+    got = bytearray()
+    with contextlib.suppress(StreamError):
+        while chunk := await stream.read(1 << 16):
+            got += chunk
+    return bytes(got)
+
+
+async def send_quietly(stream: Stream, data: bytes, end: str) -> None:
+    """Write ``data``, then end the stream: "half" (close_write), "close", or "open".
+
+    Random garbage is sent "half": a random length prefix may announce a frame
+    longer than what follows, and alice rightly waits for the rest until EOF.
+    """
+    with contextlib.suppress(StreamError):
+        await stream.write(data)
+        if end == "half":
+            await stream.close_write()
+        elif end == "close":
+            await stream.close()
+
+
+async def assert_still_serves(alice: Node, root: CID) -> None:
+    """An honest client fetches the file from alice after the attack."""
+    async with trio.open_nursery() as nursery:
+        client = Client()
+        await nursery.start(client.run)
+        with trio.fail_after(WAIT):
+            peer = await client.connect(alice.host.addrs()[0])
+            fetch = await client.fetch(root, [peer])
+            assert await fetch.read_all() == PAYLOAD
+        nursery.cancel_scope.cancel()
+
+
+def store_snapshot(store: BlockStore) -> tuple[int, set[CID], list[str]]:
+    return store.stats().blocks, {p.cid for p in store.pins()}, store.open_sessions()
+
+
+# -- bitswap ---------------------------------------------------------------------
+
+
+def _want_frame(root: CID) -> bytes:
+    return frame(msg.encode(BitswapMessage(wants=(WantEntry(root),))))
+
+
+BITSWAP_CASES: dict[str, tuple[Callable[[CID], bytes], str]] = {
+    "garbage": (lambda root: os.urandom(64) + b"\xff" * 11, "half"),
+    "garbage in a frame": (lambda root: frame(b"\x0a\x05\xff\xff\xff\xff\xff"), "open"),
+    "truncated frame": (lambda root: _want_frame(root)[:-7], "half"),
+    "oversized length prefix": (
+        lambda root: encode_uvarint(msg.MAX_MESSAGE + 1) + os.urandom(100),
+        "open",
+    ),
+    "valid frame then garbage": (lambda root: _want_frame(root) + frame(b"\xff" * 9), "open"),
+    "closed mid-frame": (lambda root: _want_frame(root)[:5], "close"),
+}
+
+
+@pytest.mark.parametrize("case", list(BITSWAP_CASES))
+async def test_bitswap_bad_input(tmp_path: Path, case: str) -> None:
+    make, end = BITSWAP_CASES[case]
+    async with scene(tmp_path) as s:
+        before = store_snapshot(s.alice.store)
+        stream = await s.open(msg.PROTOCOL_120)
+        with trio.fail_after(WAIT):
+            await send_quietly(stream, make(s.root), end)
+            if end != "close":
+                await drain(stream)  # alice resets it
+            await s.bitswap.wait_finished(1)
+        assert s.bitswap.only_stream_errors()
+        assert s.mallory.peer_id in s.alice.misbehaviour
+        assert s.mallory.peer_id in s.alice.bitswap.banned
+        assert store_snapshot(s.alice.store) == before
+        await assert_still_serves(s.alice, s.root)
+
+
+async def test_bitswap_unsolicited_block_is_not_stored(tmp_path: Path) -> None:
+    junk = os.urandom(1000)
+    block = Block(CID.for_block(RAW, junk), junk)
+    async with scene(tmp_path) as s:
+        stream = await s.open(msg.PROTOCOL_120)
+        with trio.fail_after(WAIT):
+            await send_quietly(stream, frame(msg.encode(BitswapMessage(blocks=(block,)))), "half")
+            await drain(stream)
+            await s.bitswap.wait_finished(1)
+        assert s.bitswap.only_stream_errors()
+        assert "nobody asked" in s.alice.misbehaviour[s.mallory.peer_id]
+        assert not s.alice.store.has(block.cid)
+        # A banned peer's next stream is reset at once.
+        with trio.fail_after(WAIT):
+            with contextlib.suppress(StreamError):
+                await s.mallory.connect(s.alice.host.addrs()[0])
+                again = await s.open(msg.PROTOCOL_120)
+                await send_quietly(again, _want_frame(s.root), "open")
+                assert await drain(again) == b""
+        await assert_still_serves(s.alice, s.root)
+
+
+# -- upload ---------------------------------------------------------------------------
+
+HEADER = frame(cbor2.dumps({"name": "evil", "size": None}))
+BIG = os.urandom(9 << 20)  # over upload.STORE_BATCH_BYTES: blocks reach the store mid-upload
+
+
+def _big_frames() -> bytes:
+    return b"".join(frame(BIG[i : i + (1 << 20)]) for i in range(0, len(BIG), 1 << 20))
+
+
+UPLOAD_CASES: dict[str, tuple[Callable[[], bytes], str]] = {
+    "garbage": (lambda: os.urandom(40) + b"\xff" * 11, "half"),
+    "garbage header": (lambda: frame(b"\xa1\x61x\xff not a header"), "open"),
+    "truncated frame": (lambda: HEADER + frame(b"x" * 5000)[:-100], "half"),
+    "no end-of-file frame": (lambda: HEADER + frame(b"x" * 5000), "half"),
+    "oversized header prefix": (lambda: encode_uvarint(upload.MAX_HEADER + 1), "open"),
+    "oversized data prefix": (lambda: HEADER + encode_uvarint(upload.MAX_DATA_FRAME + 1), "open"),
+    "valid frames then garbage": (lambda: HEADER + _big_frames() + b"\xff" * 11, "open"),
+    "more than declared": (
+        lambda: frame(cbor2.dumps({"name": "", "size": 10})) + frame(b"y" * 11) + frame(b""),
+        "open",
+    ),
+    "closed mid-frame": (lambda: HEADER + _big_frames() + frame(b"z" * 5000)[:99], "close"),
+}
+
+
+@pytest.mark.parametrize("case", list(UPLOAD_CASES))
+async def test_upload_bad_input(tmp_path: Path, case: str) -> None:
+    make, end = UPLOAD_CASES[case]
+    async with scene(tmp_path) as s:
+        before = store_snapshot(s.alice.store)
+        stream = await s.open(upload.PROTOCOL)
+        with trio.fail_after(WAIT):
+            async with trio.open_nursery() as nursery:
+                # Write concurrently: alice may refuse before she has read it all.
+                nursery.start_soon(send_quietly, stream, make(), end)
+                replies = [] if end == "close" else await read_replies(stream)
+            await s.uploads.wait_finished(1)
+        assert s.uploads.only_stream_errors()
+        assert all(r.get("ok") is False and r.get("error") for r in replies)
+        assert len(replies) <= 1
+        # Nothing pinned, nothing left behind, no session left open.
+        assert store_snapshot(s.alice.store) == before
+        assert s.alice.uploads.completed == 0 and s.alice.uploads.failed == 1
+        await assert_still_serves(s.alice, s.root)
+
+
+async def read_replies(stream: Stream) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    reader = FrameReader(stream)
+    with contextlib.suppress(StreamError):
+        while (payload := await reader.read_frame(upload.MAX_HEADER)) is not None:
+            out.append(cbor2.loads(payload))
+    return out
+
+
+# -- query ----------------------------------------------------------------------------
+
+PEERS_QUERY = frame(cbor2.dumps({"id": 7, "op": "peers"}))
+QUERY_CASES: dict[str, tuple[bytes, str, bool]] = {
+    # name: (bytes, how the stream ends, whether a reply to id 7 comes back)
+    "garbage": (os.urandom(30) + b"\xff" * 11, "half", False),
+    "garbage in a frame": (frame(b"\xff\x00 not cbor"), "open", False),
+    "unknown op": (frame(cbor2.dumps({"id": 1, "op": "rm -rf"})), "open", False),
+    "truncated frame": (PEERS_QUERY[:-3], "half", False),
+    "oversized length prefix": (encode_uvarint(query.MAX_REQUEST + 1) + b"x" * 64, "open", False),
+    "valid frame then garbage": (PEERS_QUERY + os.urandom(200), "open", True),
+    "closed mid-frame": (PEERS_QUERY[:4], "close", False),
+}
+
+
+@pytest.mark.parametrize("case", list(QUERY_CASES))
+async def test_query_bad_input(tmp_path: Path, case: str) -> None:
+    data, end, answered = QUERY_CASES[case]
+    async with scene(tmp_path) as s:
+        stream = await s.open(query.PROTOCOL)
+        with trio.fail_after(WAIT):
+            await send_quietly(stream, data, end)
+            reply = b"" if end == "close" else await drain(stream)
+            await s.queries.wait_finished(1)
+        assert s.queries.only_stream_errors()
+        if answered:
+            (payload,) = parse_frames(reply)
+            assert cbor2.loads(payload)["id"] == 7
+        else:
+            assert reply == b""  # reset without a word
+        await assert_still_serves(s.alice, s.root)
+
+
+def parse_frames(data: bytes) -> list[bytes]:
+    out = []
+    pos = 0
+    while pos < len(data):
+        length, pos = decode_uvarint(data, pos, max_bytes=10)
+        out.append(data[pos : pos + length])
+        pos += length
+    return out
+
+
+# -- gossip ---------------------------------------------------------------------------
+
+
+def rejections(validator: announce.AnnounceValidator) -> int:
+    # Counted, not all decisions: alice's own announcements pass her validator too.
+    return sum(validator.rejected.values())
+
+
+async def test_garbage_announcements_are_rejected(tmp_path: Path) -> None:
+    async with scene(tmp_path, gossip=True) as s:
+        validator, gossip = s.alice.validator, s.gossip
+        assert gossip is not None
+        # Mallory does not subscribe: she publishes to the topic's fanout, which is
+        # alice as soon as mallory has heard her subscription (a mesh would need a
+        # heartbeat first, and a publish to an empty mesh is silently lost).
+        with trio.fail_after(WAIT):
+            await gossip.wait_for_subscriber(s.alice.peer_id, announce.TOPIC)
+        fake_root = import_bytes(b"mallory claims this")[0]
+        well_formed = announce.encode(announce.Announcement(time.time(), 3600, (), (fake_root,)))
+        attacks = [
+            os.urandom(100),
+            cbor2.dumps({"v": 1, "t": 2**2000, "ttl": 60, "addrs": [], "roots": [b"x"]}),
+            cbor2.dumps({"v": 1, "t": 0.0, "ttl": 60, "addrs": [], "roots": [b"\x01" * 40]}),
+            bytes(announce.MAX_BYTES + 1),
+            well_formed,  # well formed, but mallory is not staked
+        ]
+        for attack in attacks:
+            seen = rejections(validator)
+            await gossip.publish(announce.TOPIC, attack)
+            with trio.fail_after(WAIT):
+                while rejections(validator) == seen:
+                    await validator.verdict.wait()
+        assert validator.rejected == {"malformed": 4, "unstaked": 1}
+        assert s.alice.announcements_received == 0
+        assert s.alice.store.providers(fake_root) == []
+        await assert_still_serves(s.alice, s.root)
+
+
+# -- the data directory and unreachable nodes ---------------------------------------------
+
+COLIVING = [sys.executable, "-m", "node"]
+
+
+def coliving(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*COLIVING, *args], capture_output=True, timeout=120, check=False)
+
+
+async def run_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return await trio.to_thread.run_sync(lambda: coliving(*args))
+
+
+def _corrupt_file(data_dir: Path) -> None:
+    (data_dir / "store").mkdir(parents=True)
+    (data_dir / "store" / "data.mdb").write_bytes(os.urandom(256 * 1024))
+
+
+def _corrupt_pin(data_dir: Path) -> None:
+    with BlockStore.open(data_dir / "store") as store:
+        root, blocks = import_bytes(b"a pinned file")
+        store.put_many(blocks)
+        store.pin(root, size=13)
+        with store._env.begin(write=True) as txn:
+            txn.put(root.to_bytes(), cbor2.dumps(["not", "a", "pin"]), db=store._pins)
+        store.begin_session("the process died here")
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [(_corrupt_file, b"cannot open the store"), (_corrupt_pin, b"is corrupt")],
+)
+async def test_corrupt_data_dir_is_a_clear_error(
+    tmp_path: Path, corrupt: Callable[[Path], None], message: bytes
+) -> None:
+    corrupt(tmp_path)
+    proc = await run_cli("node", "run", "--data-dir", str(tmp_path))
+    assert proc.returncode == 1
+    assert b"Traceback" not in proc.stderr
+    assert message in proc.stderr
+
+
+async def test_data_dir_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    first, _ = await start_node_process(tmp_path)
+    try:
+        proc = await run_cli("node", "run", "--data-dir", str(tmp_path))
+    finally:
+        first.kill()
+        await first.wait()
+    assert proc.returncode == 1
+    assert b"Traceback" not in proc.stderr
+    assert b"in use by another coliving process" in proc.stderr
+
+
+def _closed_port_addr() -> str:
+    # Port 9 (discard) is closed on loopback; the peer ID is well formed.
+    return f"/ip4/127.0.0.1/tcp/9/p2p/{peer_id_of_key(NodeKey.generate())}"
+
+
+async def test_fetch_from_unreachable_node_is_a_clear_error(tmp_path: Path) -> None:
+    cid = str(import_bytes(PAYLOAD)[0])
+    out = tmp_path / "out.bin"
+    proc = await run_cli("get", cid, "-o", str(out), "--node", _closed_port_addr())
+    assert proc.returncode == 1
+    assert b"Traceback" not in proc.stderr
+    assert b"dial" in proc.stderr
+    assert not out.exists() and not (tmp_path / "out.bin.part").exists()
+
+    async with trio.open_nursery() as nursery:
+        client = Client()
+        await nursery.start(client.run)
+        with trio.fail_after(WAIT), pytest.raises(DialError):
+            await client.connect(_closed_port_addr())
+        nursery.cancel_scope.cancel()

@@ -12,13 +12,14 @@ The ``coliving`` console command is :func:`main` (see cli/app.py).
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 import tomllib
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -32,9 +33,14 @@ from protocols import upload as upload_proto
 from protocols.bitswap import Bitswap, BitswapConfig, Fetch
 from protocols.cid import CID
 from protocols.errors import DecodingError, NotFoundError, ProtocolError
+from protocols.replication import ReplicationConfig, Replicator
 from store.blockstore import BlockStore
 
+if TYPE_CHECKING:
+    from gateway import Gateway
+
 log = logging.getLogger("coliving.node")
+DIAL_BACKOFF = 30.0  # seconds before a member that could not be dialed is tried again
 
 
 class ConfigError(ValueError):
@@ -57,8 +63,14 @@ class NodeConfig:
     rpc: str | None = None
     deployment: str | None = None
     chain_poll_interval: float = 1.0
+    # placement: each CID is kept on this many staked content nodes
+    replicas: int = 3
+    repair_interval: float = 10.0
     bitswap: BitswapConfig = field(default_factory=BitswapConfig)
     gossip: GossipConfig = field(default_factory=GossipConfig)
+    # HTTP gateway (files by CID, web player, /health, /metrics) on "HOST:PORT"
+    # (port 0: any free one, see Node.gateway_url); None: no gateway
+    gateway: str | None = None
 
     def __post_init__(self) -> None:
         if not self.listen:
@@ -84,6 +96,17 @@ class NodeConfig:
                 )
         if self.chain_poll_interval <= 0:
             raise ConfigError("chain_poll_interval must be positive")
+        if self.gateway is not None:
+            from gateway.server import GatewayConfigError, parse_bind
+
+            try:
+                parse_bind(self.gateway)
+            except GatewayConfigError as exc:
+                raise ConfigError(str(exc)) from None
+        if not 1 <= self.replicas <= 64:
+            raise ConfigError("replicas must be between 1 and 64")
+        if self.repair_interval <= 0:
+            raise ConfigError("repair_interval must be positive")
 
     @classmethod
     def load(cls, data_dir: Path, **overrides: Any) -> NodeConfig:
@@ -140,9 +163,12 @@ class _Peer:
     async def connect(self, addr: str) -> PeerId:
         return await self.host.connect(addr)
 
-    async def ask(self, peer: PeerId, op: str, **args: Any) -> dict[str, Any]:
+    async def ask(
+        self, peer: PeerId, op: str, *, within: float = query.REPLY_TIMEOUT, **args: Any
+    ) -> dict[str, Any]:
+        """One query to ``peer``; its reply within ``within`` seconds or TooSlowError."""
         stream = await self.host.open_stream(peer, [query.PROTOCOL])
-        with trio.fail_after(10):
+        with trio.fail_after(within):
             return await query.ask(stream, op, **args)
 
     async def providers_from(self, peer: PeerId, cid: CID) -> list[PeerId]:
@@ -199,7 +225,11 @@ class Node(_Peer):
         self.bitswap = Bitswap(
             self.host, self.store, config=config.bitswap, on_bad_peer=self._bad_peer
         )
-        self.uploads = upload_proto.UploadService(self.store, self._pinned)
+        self.replicator = Replicator(
+            self,
+            ReplicationConfig(replicas=config.replicas, interval=config.repair_interval),
+        )
+        self.uploads = upload_proto.UploadService(self.store, self._uploaded)
         self.announcer = announce.Announcer(
             self._publish_announcement,
             self.host.addrs,
@@ -208,8 +238,10 @@ class Node(_Peer):
             ttl=config.announce_ttl,
         )
         self.misbehaviour: dict[PeerId, str] = {}
+        self._dial_failed: dict[PeerId, float] = {}
         self.announcements_received = 0
         self.announced = trio.Event()  # set at every accepted announcement (tests wait on it)
+        self.gateway: Gateway | None = None  # started by run() when config.gateway is set
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -227,10 +259,21 @@ class Node(_Peer):
                 await nursery.start(self.announcer.run)
                 nursery.start_soon(self._expire_loop)
                 await self.host.dial_bootstrap()
+                await nursery.start(self.replicator.run)
+                if self.config.gateway is not None:
+                    from gateway import Gateway, GatewayConfig
+
+                    self.gateway = Gateway(self, GatewayConfig(bind=self.config.gateway))
+                    await nursery.start(self.gateway.run)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
             self.store.close()
+
+    @property
+    def gateway_url(self) -> str | None:
+        """``http://host:port`` of the running gateway (None: no gateway)."""
+        return None if self.gateway is None else self.gateway.url
 
     # -- content ------------------------------------------------------------
 
@@ -281,6 +324,48 @@ class Node(_Peer):
     async def _pinned(self, cid: CID) -> None:
         self.announcer.announce(cid)
 
+    async def _uploaded(self, cid: CID) -> int:
+        """An upload is pinned here: announce it, have the other owners replicate it
+        before the uploader hears back; return the number of copies."""
+        await self._pinned(cid)
+        return await self.replicator.replicate(cid)
+
+    # -- what the replicator needs (protocols.replication.ReplicaHost) ------
+
+    def peer_bytes(self, peer: PeerId) -> bytes:
+        return peer_id_bytes(peer)
+
+    def peer_of_bytes(self, raw: bytes) -> PeerId:
+        return peer_id_from_bytes(raw)
+
+    async def reach(self, peers: Sequence[PeerId]) -> set[PeerId]:
+        """Connected peers among ``peers``, dialing the others (a failed dial is not
+        retried for DIAL_BACKOFF seconds)."""
+        now = trio.current_time()
+        registered = getattr(self.oracle, "registered_addrs", {})
+
+        async def dial(peer: PeerId) -> None:
+            addrs = [*self.host.peer_addrs(peer), *registered.get(peer, [])]
+            if not addrs or not await self._dial_any(peer, addrs):
+                self._dial_failed[peer] = trio.current_time()
+
+        async with trio.open_nursery() as nursery:
+            for peer in peers:
+                if self.host.is_connected(peer):
+                    continue
+                if now - self._dial_failed.get(peer, -math.inf) < DIAL_BACKOFF:
+                    continue
+                nursery.start_soon(dial, peer)
+        return {p for p in peers if self.host.is_connected(p)}
+
+    async def pull(self, cid: CID, holders: Sequence[PeerId]) -> int:
+        """Fetch ``cid`` from ``holders``, pin and announce it; its size."""
+        fetch = self.bitswap.fetch(cid, holders, pin_name="")
+        async for _ in fetch.leaves():
+            pass
+        await self._pinned(cid)
+        return fetch.bytes
+
     async def _publish_announcement(self, data: bytes) -> None:
         await self.gossip.publish(announce.TOPIC, data)
 
@@ -312,6 +397,7 @@ class Node(_Peer):
         """The oracle no longer accepts ``peer``: its provider records go now."""
         self.unstaked_dropped += self.store.expire_providers(peer=peer_id_bytes(peer))
         log.info("%s is no longer staked; its provider records are dropped", peer)
+        self.replicator.poke()  # ownership moved
 
     def _bad_peer(self, peer: PeerId, reason: str) -> None:
         self.misbehaviour[peer] = reason
@@ -320,8 +406,16 @@ class Node(_Peer):
     # -- queries ------------------------------------------------------------
 
     async def _serve_query(self, stream: Stream) -> None:
+        requester = stream.remote_peer
+
+        async def answer(op: str, args: dict[str, Any]) -> dict[str, Any]:
+            if op == "replicate":
+                await self.replicator.accept_replica(args["cid"], requester)
+                return {"ok": True}
+            return await self._answer(op, args)
+
         try:
-            await query.serve(stream, self._answer)
+            await query.serve(stream, answer)
         except DecodingError as exc:
             log.info("bad query from %s: %s", stream.remote_peer, exc)
             await stream.reset()
@@ -388,7 +482,7 @@ class Client(_Peer):
         name: str = "",
         size: int | None = None,
         progress: Callable[[int], None] | None = None,
-    ) -> tuple[CID, int]:
+    ) -> upload_proto.Uploaded:
         stream = await self.host.open_stream(node, [upload_proto.PROTOCOL])
         try:
             return await upload_proto.upload(

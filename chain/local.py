@@ -29,6 +29,7 @@ from chain.deploy import (
     send,
 )
 from chain.stake import ChainStakeOracle
+from p2p.host import peer_id_of_key
 from p2p.keys import NodeKey
 
 __all__ = ["EMBEDDED", "LIVE", "LocalChain", "open_chain"]
@@ -55,8 +56,13 @@ class LocalChain:
         service_type: str = CONTENT_NODE,
         multiaddrs: Sequence[str] = (),
     ) -> None:
-        """Register ``key``'s node with the governance account as its owner."""
+        """Register ``key``'s node with the governance account as its owner.
+
+        The registered multiaddrs always name the node's peer ID (``/p2p/...``):
+        that is how the placement set maps delegates to peers."""
         amount = self.minimum_stake if stake is None else stake
+        peer = peer_id_of_key(key)
+        named = [a if "/p2p/" in a else f"{a}/p2p/{peer}" for a in multiaddrs] or [f"/p2p/{peer}"]
         await self.access.run(
             lambda w3: register_provider(
                 w3,
@@ -65,8 +71,15 @@ class LocalChain:
                 delegate_private_key=key.secret,
                 service_type=service_type,
                 stake=amount,
-                multiaddrs=list(multiaddrs),
+                multiaddrs=named,
             )
+        )
+
+    async def update_multiaddrs(self, key: NodeKey, multiaddrs: Sequence[str]) -> None:
+        peer = peer_id_of_key(key)
+        named = [a if "/p2p/" in a else f"{a}/p2p/{peer}" for a in multiaddrs][:8]
+        await self._transact(
+            lambda c: c.registry.functions.updateMultiaddrs(key.eth_address, named)
         )
 
     async def deregister(self, key: NodeKey) -> None:

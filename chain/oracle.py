@@ -37,6 +37,11 @@ class StakeOracle(Protocol):
 
     async def stake_of(self, peer: PeerId) -> Stake | None: ...
 
+    async def content_nodes(self, *, fresh: bool = False) -> list[PeerId]:
+        """Every staked content node (the placement set), in no particular order;
+        ``fresh`` skips any cache."""
+        ...
+
 
 @runtime_checkable
 class WatchingOracle(StakeOracle, Protocol):
@@ -68,6 +73,9 @@ class AllowlistOracle:
         if self.allow_all or peer in self._peers:
             return Stake(CONTENT_NODE, 1, 1)
         return None
+
+    async def content_nodes(self, *, fresh: bool = False) -> list[PeerId]:
+        return sorted(self._peers)
 
 
 async def is_staked_content_node(oracle: StakeOracle, peer: PeerId) -> bool:

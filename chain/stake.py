@@ -40,7 +40,7 @@ from web3 import Web3
 
 from chain.abi import load_abi
 from chain.access import ChainAccess, ChainUnavailable
-from chain.deploy import Deployment, service_type_name
+from chain.deploy import CONTENT_NODE, Deployment, service_type_id, service_type_name
 from chain.oracle import Stake
 from p2p.abc import TaskStatus
 from p2p.host import eth_address_of_peer
@@ -57,6 +57,19 @@ class OracleStats:
     reorgs: int = 0
     rpc_failures: int = 0
     wrong_chain: int = 0
+
+
+def peer_in_multiaddrs(addrs: list[str], delegate: str) -> PeerId | None:
+    """The peer ID named by ``/p2p/...`` in a provider's registered multiaddrs, if its
+    key is the delegate's (else a registration could point at someone else's node)."""
+    for addr in addrs:
+        if "/p2p/" not in addr:
+            continue
+        candidate = PeerId(addr.rsplit("/p2p/", 1)[1].split("/", 1)[0])
+        found = eth_address_of_peer(candidate)
+        if found is not None and found.lower() == delegate.lower():
+            return candidate
+    return None
 
 
 class WrongChain(Exception):
@@ -93,6 +106,8 @@ class ChainStakeOracle:
         self._generation = 0  # bumped at every clear
         # service type -> (exists, minimum stake); one eth_call per miss, not two
         self._type_bounds: dict[bytes, tuple[bool, int]] = {}
+        self._members: list[PeerId] | None = None
+        self.registered_addrs: dict[PeerId, list[str]] = {}
         self._recheck: set[PeerId] = set()  # accepted peers whose answer was cleared
         self._checked = False  # chain id and registry code verified since the last failure
         self.available = True  # the last RPC round trip worked
@@ -134,16 +149,56 @@ class ChainStakeOracle:
         if len(self._cache) > self.max_cached:
             self._cache.popitem(last=False)
 
+    async def content_nodes(self, *, fresh: bool = False) -> list[PeerId]:
+        """Staked content nodes whose registered multiaddrs name their peer ID.
+
+        Cached like stakes: read once, cleared with every registry change
+        (``fresh`` reads the chain now, for a caller that suspects the cache lags).
+        Also fills ``registered_addrs`` (what each one registered, for dialing).
+        """
+        if self.problem is not None:
+            return []
+        if self._members is not None and not fresh:
+            return list(self._members)
+        if not self.available:
+            return []
+        generation = self._generation
+        try:
+            found = await self.access.run(self._read_members)
+        except ChainUnavailable:
+            self.stats.rpc_failures += 1
+            self.available = False
+            return []
+        if generation == self._generation:
+            self._members = [peer for peer, _ in found]
+            self.registered_addrs = {peer: addrs for peer, addrs in found}
+        return [peer for peer, _ in found]
+
+    def _read_members(self, w3: Web3) -> list[tuple[PeerId, list[str]]]:
+        delegates = self._registry.functions.providersOfType(service_type_id(CONTENT_NODE)).call()
+        found = []
+        for delegate in delegates:
+            stake, addrs = self._read_provider(w3, delegate)
+            if stake is None or not stake.sufficient or stake.service_type != CONTENT_NODE:
+                continue
+            peer = peer_in_multiaddrs(addrs, delegate)
+            if peer is not None:
+                found.append((peer, [a for a in addrs if a.split("/p2p/")[0]]))
+        return found
+
     def _read_stakes(self, peers: list[PeerId], w3: Web3) -> list[Stake | None]:
         addresses = [eth_address_of_peer(p) for p in peers]
         return [None if a is None else self._read_stake(w3, a) for a in addresses]
 
     def _read_stake(self, w3: Web3, address: str) -> Stake | None:
-        owner, type_id, own, delegated, active, _addrs = self._registry.functions.getProvider(
+        return self._read_provider(w3, address)[0]
+
+    def _read_provider(self, w3: Web3, address: str) -> tuple[Stake | None, list[str]]:
+        owner, type_id, own, delegated, active, addrs = self._registry.functions.getProvider(
             address
         ).call()
         if int(owner, 16) == 0:
-            return None
+            return None, []
         types = self._type_bounds  # replaced (not mutated) at every clear
         bounds = types.get(type_id)
         if bounds is None:
@@ -151,7 +206,7 @@ class ChainStakeOracle:
             bounds = types[type_id] = (exists, minimum)
         exists, minimum = bounds
         amount = own + delegated if active and exists else 0
-        return Stake(service_type_name(type_id), amount, minimum)
+        return Stake(service_type_name(type_id), amount, minimum), list(addrs)
 
     # -- watching the chain ---------------------------------------------------------
 
@@ -245,6 +300,7 @@ class ChainStakeOracle:
         self.stats.clears += 1
         self._generation += 1
         self._type_bounds = {}
+        self._members = None
         self._recheck.update(p for p, s in self._cache.items() if s is not None and s.sufficient)
         self._cache.clear()
         await self._run_rechecks()
@@ -266,6 +322,7 @@ class ChainStakeOracle:
         self._recheck.clear()
         self._generation += 1
         self._type_bounds = {}
+        self._members = None
         if self.on_unstaked is not None:
             for peer in staked:
                 self.on_unstaked(peer)

@@ -36,7 +36,7 @@ from p2p.host import AddressError, DialError, Host, HostConfig, peer_of_addr
 from p2p.keys import KeyFileError, NodeKey
 from protocols.cid import CID
 from protocols.errors import DecodingError, NotFoundError, ProtocolError
-from protocols.upload import UploadError
+from protocols.upload import Uploaded, UploadError
 from store.blockstore import StoreError
 
 app = typer.Typer(
@@ -234,6 +234,15 @@ def node_run(
             help="With --rpc: the deployment file naming the contracts (coliving chain deploy).",
         ),
     ] = None,
+    gateway: Annotated[
+        str | None,
+        typer.Option(
+            "--gateway",
+            metavar="HOST:PORT",
+            help="Serve HTTP: files by CID (/ipfs/CID, Range requests), a web player "
+            "(/player), /health and /metrics. Port 0 picks a free port.",
+        ),
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
     """Run a content node until Ctrl-C.
@@ -253,6 +262,7 @@ def node_run(
             allow=tuple(allow) if allow else None,
             rpc=rpc,
             deployment=str(deployment) if deployment else None,
+            gateway=gateway,
         )
         node = Node(config)
         async with trio.open_nursery() as nursery:
@@ -263,6 +273,8 @@ def node_run(
             err.print(f"[green]node {node.peer_id} running[/green]; data in {path}")
             for addr in addrs:
                 typer.echo(addr)
+            if node.gateway is not None:
+                err.print(f"gateway {node.gateway_url}  player {node.gateway.player_url}")
             try:
                 await trio.sleep_forever()
             finally:
@@ -316,7 +328,7 @@ def add(
     addr = _resolve(node, data_dir)
     size = file.stat().st_size
 
-    async def body(client: Client, peer: Any) -> tuple[CID, int]:
+    async def body(client: Client, peer: Any) -> Uploaded:
         with progress_bar() as bar:
             task = bar.add_task(f"add {file.name}", total=size)
             return await client.upload(
@@ -328,9 +340,10 @@ def add(
             )
 
     start = time.perf_counter()
-    cid, got = run_async(lambda: _with_client(addr, body))
-    err.print(f"added {got} bytes in {time.perf_counter() - start:.2f} s")
-    typer.echo(str(cid))
+    done = run_async(lambda: _with_client(addr, body))
+    copies = "" if done.replicas is None else f", held by {done.replicas} staked node(s)"
+    err.print(f"added {done.size} bytes in {time.perf_counter() - start:.2f} s{copies}")
+    typer.echo(str(done.cid))
 
 
 def _resolve(node: str | None, data_dir: Path | None) -> str:
@@ -452,6 +465,14 @@ def devnet(
         Path | None,
         typer.Option(help="With --rpc: use the contracts of this deployment file, don't deploy."),
     ] = None,
+    gateway: Annotated[
+        str,
+        typer.Option(
+            "--gateway",
+            metavar="HOST:PORT",
+            help="Node0's HTTP gateway and web player ('' for none; port 0: a free port).",
+        ),
+    ] = "127.0.0.1:0",
     verbose: Verbose = False,
 ) -> None:
     """Start a local network of NODES staked content nodes on 127.0.0.1 until Ctrl-C.
@@ -471,6 +492,7 @@ def devnet(
             exit_after_demo=exit_after_demo,
             rpc=rpc,
             deployment=deployment,
+            gateway=gateway or None,
         )
     )
 

@@ -4,7 +4,8 @@ The chain is the embedded py-evm one (contracts deployed at start) or a dev
 RPC chain (``--rpc``, e.g. anvil). Every node is registered as a staked
 content node; the demo adds a sample track at the first node and fetches it at
 the last, then starts an unregistered node that announces anyway and shows
-that nobody accepts it.
+that nobody accepts it. Node0 serves the HTTP gateway and the web player
+(``--gateway HOST:PORT``; a free port by default), whose URL is printed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from rich.console import Console
 from chain.local import LocalChain, open_chain
 from chain.oracle import AllowlistOracle
 from cli.sample import sample_wav
-from node import Node, NodeConfig
+from node import ConfigError, Node, NodeConfig
 from protocols import announce
 from simnet.local import start_nodes, wait_for_mesh
 
@@ -89,6 +90,20 @@ async def run_unstaked_demo(nursery: trio.Nursery, nodes: list[Node], base: Path
     )
 
 
+async def start_gateway(nursery: trio.Nursery, node: Node, bind: str) -> None:
+    """An HTTP gateway and web player on ``node`` (node0 of the devnet)."""
+    from gateway import Gateway, GatewayConfig, GatewayConfigError
+
+    try:
+        config = GatewayConfig(bind=bind)
+    except GatewayConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    node.gateway = Gateway(node, config)
+    await nursery.start(node.gateway.run)
+    out.print(f"  gateway: {node.gateway_url}  (node0; /ipfs/CID, /health, /metrics)")
+    out.print(f"  [bold]player: {node.gateway.player_url}[/bold]")
+
+
 async def describe_chain(chain: LocalChain, rpc: str, nodes: list[Node]) -> None:
     d = chain.deployment
     where = "embedded py-evm" if rpc == "embedded" else rpc
@@ -107,6 +122,7 @@ async def run_devnet(
     exit_after_demo: bool,
     rpc: str = "embedded",
     deployment: Path | None = None,
+    gateway: str | None = "127.0.0.1:0",
 ) -> None:
     with tempfile.TemporaryDirectory(prefix="coliving-devnet-") as tmp:
         base = data_dir or Path(tmp)
@@ -124,6 +140,8 @@ async def run_devnet(
             )
             out.print(f"  data in {base}")
             await describe_chain(chain, rpc, nodes)
+            if gateway:
+                await start_gateway(nursery, nodes[0], gateway)
             addr = nodes[0].host.addrs()[0]
             out.print("\ntry, in another shell:")
             out.print(f"  coliving add FILE --node {addr}")

@@ -182,9 +182,20 @@ class Host:
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with self._host.run(self._listen):
-            self.ready.set()
-            task_status.started()
-            await trio.sleep_forever()
+            try:
+                self.ready.set()
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                # py-libp2p's run() stops the swarm's tasks but leaves listeners and
+                # connections open: peers would see a dead node as connected, and
+                # its port would keep accepting. Close them, shielded from the
+                # cancellation that brought us here.
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    try:
+                        await self._host.get_network().close()
+                    except Exception as exc:
+                        log.debug("closing the swarm: %s", exc)
 
     async def dial_bootstrap(self) -> list[PeerId]:
         """Dial every bootstrap peer; an unreachable one is logged, not fatal."""

@@ -107,6 +107,8 @@ class Bitswap:
         self._send_locks: defaultdict[PeerId, trio.Lock] = defaultdict(trio.Lock)
         self._fetches: set[Fetch] = set()
         self._cancelled: defaultdict[PeerId, OrderedDict[CID, None]] = defaultdict(OrderedDict)
+        # recently received from each peer: a second copy of one is a duplicate
+        self._received: defaultdict[PeerId, OrderedDict[CID, None]] = defaultdict(OrderedDict)
         self._nursery: trio.Nursery | None = None
         self.banned: dict[PeerId, str] = {}
 
@@ -151,11 +153,20 @@ class Bitswap:
             if block.cid in self._cancelled.get(peer, ()):
                 self.stats.late_blocks += 1
                 return  # it crossed our cancel on the wire: harmless
+            if block.cid in self._received.get(peer, ()):
+                # two of our fetches wanted it from this peer and it answered each
+                # want: a duplicate, not an offence (a block never asked for is one)
+                self.stats.late_blocks += 1
+                return
             self.stats.bad_blocks += 1
             self.report_bad_peer(peer, f"sent a block nobody asked it for ({block.cid})")
             return
         self.stats.blocks_fetched += 1
         self.stats.bytes_fetched += len(block.data)
+        received = self._received[peer]
+        received[block.cid] = None
+        if len(received) > self.config.max_ledger:
+            received.popitem(last=False)
         for fetch in claimed:
             fetch.on_block(peer, block)
 

@@ -8,6 +8,9 @@ at most MAX_REQUEST / MAX_RESPONSE bytes, carrying a message id::
     {"id": int, "op": "peers"}  -> {"id": int, "peers": [{"peer": str, "addrs": [str]}]}
     {"id": int, "op": "info"}   -> {"id": int, "peer": str, "addrs": [str], "pins": int,
                                     "blocks": int, "bytes": int}
+    {"id": int, "op": "replicate", "cid": <CID bytes>}
+        -> {"id": int, "ok": true} once the asked node holds and pinned the CID
+           (only staked content nodes may ask, and only an owner of the CID obeys)
     any error                   -> {"id": int, "error": str}
 """
 
@@ -27,13 +30,17 @@ from protocols.wire import FrameReader, write_frame
 PROTOCOL: Final = "/coliving/query/1.0.0"
 MAX_REQUEST: Final = 1024
 MAX_RESPONSE: Final = 256 * 1024
-OPS: Final = ("providers", "peers", "info")
+OPS: Final = ("providers", "peers", "info", "replicate")
 _ids = itertools.count(1)
 
 Answer = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+# how long a node may take to answer: a replicate request fetches a whole file
+REPLY_TIMEOUT: Final = 10.0
 
 
 def decode_request(data: bytes) -> tuple[int, str, dict[str, Any]]:
+    if len(data) > MAX_REQUEST:
+        raise DecodingError(f"query over {MAX_REQUEST} bytes")
     try:
         obj: Any = cbor2.loads(data)
     except Exception as exc:
@@ -46,10 +53,10 @@ def decode_request(data: bytes) -> tuple[int, str, dict[str, Any]]:
     if op not in OPS:
         raise DecodingError(f"unknown query op {op!r}")
     args: dict[str, Any] = {}
-    if op == "providers":
+    if op in ("providers", "replicate"):
         raw = obj.get("cid")
         if not isinstance(raw, bytes):
-            raise DecodingError("providers query needs cid bytes")
+            raise DecodingError(f"{op} query needs cid bytes")
         args["cid"] = CID.from_bytes(raw)
     if set(obj) - {"id", "op", "cid"}:
         raise DecodingError("unknown keys in query")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterable, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 import cbor2
@@ -59,10 +60,22 @@ def decode_header(data: bytes) -> tuple[str, int | None]:
     return name, size
 
 
+@dataclass(frozen=True)
+class Uploaded:
+    """The node's acknowledgement: the root, the size, and how many staked nodes
+    hold the file now (None from a node that does not replicate)."""
+
+    cid: CID
+    size: int
+    replicas: int | None = None
+
+
 class UploadService:
     """Node side of the upload protocol."""
 
-    def __init__(self, store: BlockStore, on_pinned: Callable[[CID], Awaitable[None]]) -> None:
+    def __init__(
+        self, store: BlockStore, on_pinned: Callable[[CID], Awaitable[int | None]]
+    ) -> None:
         self.store = store
         self.on_pinned = on_pinned
         self.completed = 0
@@ -102,10 +115,11 @@ class UploadService:
             self.store.pin(root, size=importer.size, name=name, session=session)
             session = None
             self.completed += 1
-            await self.on_pinned(root)
-            await write_frame(
-                stream, cbor2.dumps({"ok": True, "cid": str(root), "size": importer.size})
-            )
+            replicas = await self.on_pinned(root)
+            reply: dict[str, Any] = {"ok": True, "cid": str(root), "size": importer.size}
+            if replicas is not None:
+                reply["replicas"] = replicas
+            await write_frame(stream, cbor2.dumps(reply))
             await stream.close()
         except (DecodingError, StoreError) as exc:
             self.failed += 1
@@ -133,8 +147,8 @@ async def upload(
     name: str = "",
     size: int | None = None,
     progress: Callable[[int], None] | None = None,
-) -> tuple[CID, int]:
-    """Client side: send the file, return (root CID, size) once the node pinned it."""
+) -> Uploaded:
+    """Client side: send the file; the node's acknowledgement once it pinned it."""
     await write_frame(stream, cbor2.dumps({"name": name, "size": size}))
     async for chunk in chunks:
         for start in range(0, len(chunk), MAX_DATA_FRAME):
@@ -149,7 +163,12 @@ async def upload(
     try:
         obj: Any = cbor2.loads(reply)
         if obj.get("ok") is True:
-            return CID.parse(obj["cid"]), int(obj["size"])
+            replicas = obj.get("replicas")
+            return Uploaded(
+                CID.parse(obj["cid"]),
+                int(obj["size"]),
+                replicas if isinstance(replicas, int) else None,
+            )
         error = str(obj.get("error", "unknown error"))
     except Exception as exc:
         raise UploadError(f"malformed reply from the node: {exc}") from None

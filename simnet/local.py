@@ -70,6 +70,8 @@ async def start_nodes(
         )
         node = Node(cfg, key=keys[i], oracle=None if chain is None else chain.oracle())
         await nursery.start(node.run)
+        if chain is not None and staked[i]:
+            await chain.update_multiaddrs(keys[i], node.host.addrs())
         nodes.append(node)
     return nodes
 

@@ -222,8 +222,7 @@ class BlockStore:
         out = []
         with self._env.begin(db=self._pins) as txn:
             for key, value in txn.cursor():
-                rec = cbor2.loads(value)
-                out.append(Pin(CID.from_bytes(key), rec["size"], rec["name"], rec["pinned_at"]))
+                out.append(_decode_pin(bytes(key), bytes(value)))
         return out
 
     def walk(self, root: CID) -> Iterator[tuple[CID, bool]]:
@@ -308,6 +307,23 @@ class BlockStore:
                         out.append(bytes(key[len(prefix) :]))
         return out
 
+    def provided(self) -> dict[CID, list[bytes]]:
+        """Every CID in the provider index with its unexpired providers."""
+        now = time.time()
+        out: dict[CID, list[bytes]] = {}
+        with self._env.begin(db=self._providers) as txn:
+            for key, value in txn.cursor():
+                # key = CID bytes (v1, sha2-256, one-byte codec: 36 bytes) "/" peer
+                raw, sep, peer = bytes(key[:36]), bytes(key[36:37]), bytes(key[37:])
+                if sep != b"/" or cbor2.loads(value) <= now:
+                    continue
+                try:
+                    cid = CID.from_bytes(raw)
+                except DecodingError:
+                    continue
+                out.setdefault(cid, []).append(peer)
+        return out
+
     def expire_providers(self, *, peer: bytes | None = None) -> int:
         """Delete expired records (or every record of ``peer``)."""
         now = time.time()
@@ -331,6 +347,22 @@ class BlockStore:
             pins = txn.stat(self._pins)["entries"]
             provs = txn.stat(self._providers)["entries"]
         return StoreStats(blocks, pins, provs, (info["last_pgno"] + 1) * page)
+
+
+def _decode_pin(key: bytes, value: bytes) -> Pin:
+    """A pin record as stored; a record of the wrong shape is corruption, not a crash."""
+    try:
+        rec = cbor2.loads(value)
+    except Exception as exc:
+        raise DecodingError(f"pin record is not CBOR: {exc}") from None
+    if not isinstance(rec, dict):
+        raise DecodingError("pin record is not a map")
+    size, name, pinned_at = rec.get("size"), rec.get("name"), rec.get("pinned_at")
+    if not isinstance(size, int) or not isinstance(name, str):
+        raise DecodingError("pin record lacks its size or name")
+    if not isinstance(pinned_at, (int, float)):
+        raise DecodingError("pin record lacks its time")
+    return Pin(CID.from_bytes(key), size, name, pinned_at)
 
 
 @contextlib.contextmanager

@@ -49,7 +49,7 @@ async def test_sigkill_mid_upload_leaves_whole_or_absent(tmp_path: Path) -> None
             await nursery.start(client.run)
             with trio.fail_after(30):
                 peer = await client.connect(addr)
-                kept_cid, _ = await client.upload(peer, _chunks(kept), name="kept")
+                kept_cid = (await client.upload(peer, _chunks(kept), name="kept")).cid
 
             async def slow_source() -> AsyncIterator[bytes]:
                 for i in range(0, len(big), 1 << 20):

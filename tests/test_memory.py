@@ -30,7 +30,7 @@ async def peak_while_uploading(tmp_path: Path, size: int) -> int:
         tracemalloc.start()
         try:
             with trio.fail_after(120):
-                _, got = await client.upload(peer, generated(size), name="big")
+                got = (await client.upload(peer, generated(size), name="big")).size
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()

@@ -1,0 +1,108 @@
+"""``/metrics``: Prometheus text for one node, from a registry of its own.
+
+Each node has its own :class:`CollectorRegistry` (tests and the simnet run many
+nodes in one process, so the global registry would mix them). Node counters
+are read at scrape time by :class:`NodeCollector`; the gateway's own request
+counters live in :class:`GatewayMetrics`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from gateway.health import repair_status
+
+if TYPE_CHECKING:
+    from node import Node
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _count(value: Any) -> int:
+    """A queue length from whatever the node exposes: a number or a collection."""
+    if isinstance(value, int | float):
+        return int(value)
+    try:
+        return len(value)
+    except TypeError:
+        return 0
+
+
+class NodeCollector:
+    """Reads a node's counters on each scrape."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def collect(self) -> Iterable[Metric]:
+        node = self.node
+        bs = node.bitswap.stats
+        for name, doc, value in (
+            ("blocks_served", "Blocks sent to peers over Bitswap.", bs.blocks_served),
+            ("bytes_served", "Block bytes sent to peers over Bitswap.", bs.bytes_served),
+            ("blocks_fetched", "Verified blocks received over Bitswap.", bs.blocks_fetched),
+            ("bytes_fetched", "Verified block bytes received over Bitswap.", bs.bytes_fetched),
+            ("bad_blocks", "Blocks refused: unasked for or not matching their CID.", bs.bad_blocks),
+        ):
+            yield CounterMetricFamily(f"coliving_bitswap_{name}", doc, value=value)
+        yield GaugeMetricFamily(
+            "coliving_peers_connected",
+            "Peers with an open connection.",
+            value=len(node.host.connected_peers()),
+        )
+        yield CounterMetricFamily(
+            "coliving_gossip_accepted",
+            "Announcements the validator accepted.",
+            value=node.validator.accepted,
+        )
+        rejected = CounterMetricFamily(
+            "coliving_gossip_rejected",
+            "Announcements the validator rejected, by reason.",
+            labels=["reason"],
+        )
+        for reason, n in sorted(node.validator.rejected.items()):
+            rejected.add_metric([reason], n)
+        yield rejected
+        stats = node.store.stats()
+        yield GaugeMetricFamily("coliving_pins", "Pinned root CIDs.", value=stats.pins)
+        yield GaugeMetricFamily("coliving_store_blocks", "Blocks stored.", value=stats.blocks)
+        yield GaugeMetricFamily(
+            "coliving_store_bytes", "Bytes of block data stored.", value=stats.bytes_used
+        )
+        yield GaugeMetricFamily(
+            "coliving_repair_queue",
+            "Owned CIDs not yet held here (replication backlog, as of the last repair round).",
+            value=_count(getattr(repair_status(node), "backlog", 0)),
+        )
+
+
+class GatewayMetrics:
+    """The gateway's own counters, plus the node's, in one per-node registry."""
+
+    def __init__(self, node: Node) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(NodeCollector(node))
+        self.requests = Counter(
+            "coliving_gateway_requests",
+            "HTTP requests answered, by route and status.",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.bytes_sent = Counter(
+            "coliving_gateway_bytes_sent",
+            "Content bytes sent in HTTP responses.",
+            registry=self.registry,
+        )
+        self.first_byte = Histogram(
+            "coliving_gateway_first_byte_seconds",
+            "From a content request to its first body byte.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,204 @@
+"""Placement, replication on upload, repair and rebalance: real nodes on a real chain."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chain.local import LocalChain, open_chain
+from node import Client, Node, NodeConfig
+from p2p.abc import TaskStatus
+from p2p.host import peer_id_bytes
+from p2p.keys import NodeKey
+from protocols import placement
+from protocols.cid import CID, RAW
+from protocols.errors import ProtocolError
+from protocols.unixfs import import_bytes
+
+R = 3
+
+
+# -- placement: pure logic -----------------------------------------------------
+
+peers_st = st.lists(st.binary(min_size=4, max_size=40), min_size=1, max_size=30, unique=True)
+cid_st = st.binary(max_size=64).map(lambda b: CID.for_block(RAW, b))
+
+
+@given(peers_st, cid_st, st.integers(1, 5))
+def test_owners_are_the_top_of_one_ranking(peers: list[bytes], cid: CID, r: int) -> None:
+    owners = placement.owners(cid, peers, r)
+    assert owners == placement.ranking(cid, list(reversed(peers)))[: min(r, len(peers))]
+    assert len(set(owners)) == len(owners)
+
+
+@given(peers_st, cid_st, st.binary(min_size=4, max_size=40))
+def test_a_joining_node_displaces_at_most_one_owner(
+    peers: list[bytes], cid: CID, newcomer: bytes
+) -> None:
+    before = placement.owners(cid, peers, R)
+    after = placement.owners(cid, [*peers, newcomer], R)
+    assert len(set(before) - set(after)) <= 1
+    assert set(after) - set(before) <= {newcomer}
+
+
+@given(peers_st, cid_st, st.data())
+def test_dead_owners_are_replaced_by_the_next_in_the_ranking(
+    peers: list[bytes], cid: CID, data: st.DataObject
+) -> None:
+    dead = set(data.draw(st.lists(st.sampled_from(peers), unique=True)))
+    owners = placement.owners(cid, peers, R, live=lambda p: p not in dead)
+    assert owners == [p for p in placement.ranking(cid, peers) if p not in dead][:R]
+
+
+# -- real nodes ------------------------------------------------------------------
+
+
+async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+class Net:
+    """Nodes on one chain, each in its own cancel scope so a test can kill one."""
+
+    def __init__(self, nursery: trio.Nursery, base: Path, chain: LocalChain) -> None:
+        self.nursery, self.base, self.chain = nursery, base, chain
+        self.nodes: list[Node] = []
+        self.scopes: dict[Node, trio.CancelScope] = {}
+
+    async def add(self, name: str, *, register: bool = True) -> Node:
+        key = NodeKey.load_or_create(self.base / name)
+        if register:
+            await self.chain.register(key)
+        bootstrap = tuple(n.host.addrs()[0] for n in self.live()[:1])
+        config = NodeConfig.load(
+            self.base / name, bootstrap=bootstrap, repair_interval=0.3, chain_poll_interval=0.1
+        )
+        node = Node(config, key=key, oracle=self.chain.oracle())
+
+        async def host(*, task_status: TaskStatus[trio.CancelScope]) -> None:
+            async with trio.open_nursery() as inner:
+                await inner.start(node.run)
+                task_status.started(inner.cancel_scope)
+
+        self.scopes[node] = await self.nursery.start(host)
+        if register:
+            await self.chain.update_multiaddrs(key, node.host.addrs())
+        self.nodes.append(node)
+        return node
+
+    def kill(self, node: Node) -> None:
+        self.scopes[node].cancel()
+        self.nodes.remove(node)
+
+    def live(self) -> list[Node]:
+        return list(self.nodes)
+
+
+def expected_owners(cid: CID, members: Sequence[Node]) -> set[Node]:
+    ranked = placement.owners(cid, [peer_id_bytes(n.peer_id) for n in members], R)
+    return {n for n in members if peer_id_bytes(n.peer_id) in ranked}
+
+
+async def until(nodes: Sequence[Node], condition: Callable[[], bool]) -> None:
+    """Wait, round by round of a node's repair loop, until ``condition()`` holds."""
+    while not condition():
+        await nodes[0].replicator.round_done.wait()
+
+
+def holders(cid: CID, nodes: Sequence[Node]) -> set[Node]:
+    return {n for n in nodes if n.store.is_pinned(cid)}
+
+
+async def upload(net: Net, to: Node, payload: bytes) -> tuple[CID, int | None]:
+    client = Client()
+    await net.nursery.start(client.run)
+    peer = await client.connect(to.host.addrs()[0])
+    done = await client.upload(peer, one_chunk(payload), name="track.bin")
+    return done.cid, done.replicas
+
+
+async def test_upload_reaches_the_owners_and_repair_follows_churn(tmp_path: Path) -> None:
+    chain = await open_chain()
+    async with trio.open_nursery() as nursery:
+        net = Net(nursery, tmp_path, chain)
+        for i in range(5):
+            await net.add(f"n{i}")
+        payload = os.urandom(700_000)
+        with trio.fail_after(60):
+            # upload to a node that is *not* an owner, so it must hand the file on
+            cid = import_bytes(payload)[0]
+            owners = expected_owners(cid, net.live())
+            receiver = next(n for n in net.live() if n not in owners)
+            got, replicas = await upload(net, receiver, payload)
+        assert got == cid
+        assert replicas == R + 1  # the receiver's copy and the three owners'
+        assert owners <= holders(cid, net.live())
+
+        # the receiver is not an owner: it drops its copy, but only once R owners hold it
+        with trio.fail_after(60):
+            await until(net.live(), lambda: not receiver.store.is_pinned(cid))
+        assert owners <= holders(cid, net.live())
+        assert receiver.replicator.status.dropped == 1
+
+        # an owner dies: the next node in the ranking takes its place and pulls the file
+        victim = sorted(owners, key=lambda n: n.peer_id)[0]
+        net.kill(victim)
+        with trio.fail_after(60):
+            await until(
+                net.live(), lambda: len(holders(cid, net.live()) & expected_live(cid, net)) >= R
+            )
+
+        # a new node registers; if it ranks among the owners, the data moves to it
+        await net.add("n5")
+        with trio.fail_after(60):
+            await until(net.live(), lambda: holders(cid, net.live()) == expected_live(cid, net))
+        nursery.cancel_scope.cancel()
+
+
+def expected_live(cid: CID, net: Net) -> set[Node]:
+    """Owners among the live nodes (the dead one is still registered, just unreachable)."""
+    return expected_owners(cid, net.live())
+
+
+async def test_deregistering_an_owner_moves_its_content(tmp_path: Path) -> None:
+    chain = await open_chain()
+    async with trio.open_nursery() as nursery:
+        net = Net(nursery, tmp_path, chain)
+        for i in range(4):
+            await net.add(f"n{i}")
+        payload = os.urandom(300_000)
+        with trio.fail_after(60):
+            cid, _replicas = await upload(net, net.live()[0], payload)
+        owners = expected_owners(cid, net.live())
+        assert owners <= holders(cid, net.live())
+        leaving = sorted(owners, key=lambda n: n.peer_id)[0]
+        await chain.deregister(leaving.key)
+        staying = [n for n in net.live() if n is not leaving]
+        with trio.fail_after(60):
+            await until(staying, lambda: expected_owners(cid, staying) <= holders(cid, staying))
+        assert len(holders(cid, staying)) >= R
+        nursery.cancel_scope.cancel()
+
+
+async def test_replicate_requests_are_refused_from_unstaked_peers(tmp_path: Path) -> None:
+    chain = await open_chain()
+    async with trio.open_nursery() as nursery:
+        net = Net(nursery, tmp_path, chain)
+        node = await net.add("n0")
+        client = Client()
+        await nursery.start(client.run)
+        peer = await client.connect(node.host.addrs()[0])
+
+        try:
+            with trio.fail_after(20):
+                await client.ask(peer, "replicate", cid=CID.for_block(RAW, b"junk"))
+        except ProtocolError as exc:
+            assert "only staked content nodes" in str(exc)
+        else:
+            raise AssertionError("an unstaked peer made a node fetch")
+        nursery.cancel_scope.cancel()

@@ -298,7 +298,7 @@ class Node(_Peer):
     async def find_providers(self, cid: CID) -> list[PeerId]:
         """Holders of ``cid``: the provider index first, then our peers' answers."""
         found = [peer_id_from_bytes(raw) for raw in self.store.providers(cid)]
-        found = [p for p in found if p != self.peer_id]
+        found = [p for p in found if p != self.peer_id and p not in self.bitswap.banned]
         reachable = []
         for peer in found:
             if self.host.is_connected(peer) or await self._dial_any(
@@ -313,13 +313,18 @@ class Node(_Peer):
                 break
         return reachable
 
-    async def fetch(self, cid: CID, *, pin: bool = True, name: str = "") -> Fetch:
-        """A Fetch of ``cid`` from the network, pinned here when done (if ``pin``)."""
-        providers = [] if self.store.has(cid) else await self.find_providers(cid)
+    async def fetch(
+        self, cid: CID, *, pin: bool = True, name: str = "", start: int = 0, end: int | None = None
+    ) -> Fetch:
+        """A Fetch of ``cid`` (or of bytes [start, end) of it, never pinned), from
+        this store where it holds the blocks and from the network for the rest;
+        pinned here when done if ``pin`` and no range is asked."""
+        ranged = start != 0 or end is not None
+        providers = [] if self.store.is_pinned(cid) else await self.find_providers(cid)
         if not providers and not self.store.has(cid):
             raise NotFoundError(f"no provider of {cid} is known or reachable")
-        fetch = self.bitswap.fetch(cid, providers, pin_name=name if pin else None)
-        return fetch
+        pin_name = name if pin and not ranged and not self.store.is_pinned(cid) else None
+        return self.bitswap.fetch(cid, providers, pin_name=pin_name, start=start, end=end)
 
     async def _pinned(self, cid: CID) -> None:
         self.announcer.announce(cid)

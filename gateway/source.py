@@ -5,19 +5,16 @@ A file pinned here is read straight from the store, walking the DAG by its
 else is fetched from the network.
 
 ``Node.fetch(cid, start=, end=)`` fetches only the DAG nodes covering a byte
-range. Until every build has that API, :func:`range_api` tells, and a node
-without it gets a whole-file fetch that this module slices: correct, only
-wasteful for ranges far into a file.
+range, from whichever holders the node knows.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import trio
 
@@ -57,14 +54,6 @@ class FileInfo:
     name: str
 
 
-def range_api(fn: Callable[..., Any]) -> bool:
-    """Whether a fetch function takes ``start``/``end`` (the ranged Bitswap API)."""
-    try:
-        return "start" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 class Source:
     """Reads byte ranges of UnixFS files for one node; caches what each CID is."""
 
@@ -72,10 +61,6 @@ class Source:
         self.node = node
         self._cache: OrderedDict[CID, FileInfo] = OrderedDict()
         self._cache_max = cache
-
-    @property
-    def ranged(self) -> bool:
-        return range_api(self.node.fetch)
 
     async def info(self, cid: CID) -> FileInfo:
         """Size and type of ``cid``; fetches its root and first leaf when not held."""
@@ -168,19 +153,8 @@ class Source:
             stack.extend(reversed(children))
 
     async def _open(self, cid: CID, start: int, end: int) -> Fetch:
-        node = self.node
-        store = node.store
-        if store.has(cid) and not store.is_pinned(cid):
-            # Part of the DAG is here (an earlier range read stored the root):
-            # Node.fetch would look no further than the root, so ask for holders.
-            providers = await node.find_providers(cid)
-            kwargs: dict[str, Any] = {}
-            if range_api(node.bitswap.fetch):
-                kwargs = {"start": start, "end": end}
-            return node.bitswap.fetch(cid, providers, **kwargs)
-        kwargs = {"start": start, "end": end} if self.ranged else {}
         try:
-            return await node.fetch(cid, pin=False, **kwargs)
+            return await self.node.fetch(cid, pin=False, start=start, end=end)
         except NotFoundError as exc:
             raise NoProvider(str(exc)) from None
 
@@ -192,7 +166,7 @@ class Source:
         ``whole_root``: keep reading past ``end`` until the file size is known
         (a raw-leaf root has no size field: it is known once the leaf is read).
         """
-        pos = start if self.ranged else 0
+        pos = start
         try:
             async with aclosing(cast(AsyncGenerator[bytes, None], fetch.leaves())) as leaves:
                 async for chunk in leaves:

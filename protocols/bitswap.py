@@ -37,7 +37,7 @@ from protocols import bitswap_msg as msg
 from protocols.bitswap_msg import BitswapMessage, Presence, WantEntry, WantType
 from protocols.cid import CID, DAG_PB
 from protocols.errors import DecodingError, NotFoundError
-from protocols.unixfs import Block, decode_file_node
+from protocols.unixfs import Block, FileNode, decode_file_node
 from protocols.wire import FrameReader, frame
 from store.blockstore import BlockStore
 
@@ -272,11 +272,24 @@ class Bitswap:
     # -- fetching ---------------------------------------------------------
 
     def fetch(
-        self, root: CID, providers: Sequence[PeerId], *, pin_name: str | None = None
+        self,
+        root: CID,
+        providers: Sequence[PeerId],
+        *,
+        pin_name: str | None = None,
+        start: int = 0,
+        end: int | None = None,
     ) -> Fetch:
-        """A fetch of the DAG under ``root``; iterate ``fetch.leaves()`` to run it."""
+        """A fetch of the DAG under ``root``; iterate ``fetch.leaves()`` to run it.
+
+        With ``start``/``end``, only the bytes in [start, end) are yielded and only
+        the blocks covering them are fetched (a range is never pinned)."""
+        if start < 0 or (end is not None and end < start):
+            raise ValueError(f"bad byte range [{start}, {end})")
+        if pin_name is not None and (start or end is not None):
+            raise ValueError("a byte range of a file cannot be pinned")
         usable = [p for p in dict.fromkeys(providers) if p not in self.banned]
-        return Fetch(self, root, usable, pin_name=pin_name)
+        return Fetch(self, root, usable, pin_name=pin_name, start=start, end=end)
 
 
 @dataclass
@@ -289,7 +302,14 @@ class Fetch:
     """One DAG download. Not reusable: ``leaves()`` runs it once."""
 
     def __init__(
-        self, bitswap: Bitswap, root: CID, providers: list[PeerId], *, pin_name: str | None
+        self,
+        bitswap: Bitswap,
+        root: CID,
+        providers: list[PeerId],
+        *,
+        pin_name: str | None,
+        start: int = 0,
+        end: int | None = None,
     ) -> None:
         self.bs = bitswap
         self.root = root
@@ -299,7 +319,10 @@ class Fetch:
         self.blocks_from: defaultdict[PeerId, int] = defaultdict(int)
         self.bytes = 0
         self.first_byte_at: float | None = None
+        self.start = start
+        self.end = end
         self._seq: list[CID] = [root]
+        self._off: list[int] = [0]  # file offset of each _seq entry's first byte
         self._pos = 0
         self._arrived: dict[CID, bytes] = {}
         self._inflight: dict[CID, _Want] = {}
@@ -361,14 +384,29 @@ class Fetch:
             return
         if cid == self.root:
             self.filesize = node.filesize
-        children = [link.cid for link in node.links]
+        if len(node.blocksizes) != len(node.links):
+            self._error = NotFoundError(f"{cid}: {len(node.links)} links but blocksizes differ")
+            return
         i = self._pos
         while i < len(self._seq):
             if self._seq[i] == cid:
-                self._seq[i : i + 1] = children
-                i += len(children)
+                kids, offs = self._children_in_range(node, self._off[i])
+                self._seq[i : i + 1] = kids
+                self._off[i : i + 1] = offs
+                i += len(kids)
             else:
                 i += 1
+
+    def _children_in_range(self, node: FileNode, base: int) -> tuple[list[CID], list[int]]:
+        kids: list[CID] = []
+        offs: list[int] = []
+        offset = base + len(node.data)
+        for link, size in zip(node.links, node.blocksizes, strict=True):
+            if offset + size > self.start and (self.end is None or offset < self.end):
+                kids.append(link.cid)
+                offs.append(offset)
+            offset += size
+        return kids, offs
 
     async def leaves(self) -> AsyncIterator[bytes]:
         """Leaf bytes in file order, each verified; stored as they arrive."""
@@ -391,13 +429,21 @@ class Fetch:
                     await self._request_more()
                     await self._wait()
                     continue
+                offset = self._off[self._pos]
                 self._pos += 1
+                if cid == self.root:  # a one-block file: a raw root is its own size
+                    self.filesize = len(data)
+                if self.start > offset or (self.end is not None and offset + len(data) > self.end):
+                    lo = max(0, self.start - offset)
+                    hi = len(data) if self.end is None else min(len(data), self.end - offset)
+                    data = data[lo:hi]
                 if self.first_byte_at is None:
                     self.first_byte_at = time.perf_counter()
                 self.bytes += len(data)
                 if len(self._pending_store) >= self.bs.config.store_batch:
                     await self._flush()
-                yield data
+                if data:
+                    yield data
                 if self._pos < len(self._seq) and len(self._inflight) <= self._refill_below():
                     await self._request_more()
             await self._flush()
@@ -468,11 +514,13 @@ class Fetch:
         budget = cfg.window - len(self._inflight)
         now = time.monotonic()
         end = min(len(self._seq), self._pos + cfg.window * 2)
+        needed = False
         for cid in self._seq[self._pos : end]:
             if budget <= 0:
                 break
-            if cid in self._inflight or cid in self._arrived:
-                continue
+            if cid in self._inflight or cid in self._arrived or self.bs.store.has(cid):
+                continue  # (a stored block is read by leaves(): no provider needed)
+            needed = True
             candidates = [
                 p
                 for p in self.providers
@@ -482,8 +530,6 @@ class Fetch:
                 if not [p for p in self.providers if p not in self._lacks.get(cid, ())]:
                     raise NotFoundError(self._why_not_found(cid))
                 break
-            if self.bs.store.has(cid):
-                continue
             peer = min(candidates, key=lambda p: load[p])
             load[peer] += 1
             budget -= 1
@@ -495,7 +541,7 @@ class Fetch:
                 await self.bs.send(peer, BitswapMessage(wants=tuple(wants)))
             except StreamError as exc:
                 self.drop_peer(peer, f"unreachable: {exc}")
-        if not self.providers and self._pos < len(self._seq):
+        if needed and not self.providers:
             raise NotFoundError(self._why_not_found(self._seq[self._pos]))
 
     def _why_not_found(self, cid: CID) -> str:

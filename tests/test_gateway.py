@@ -298,9 +298,8 @@ async def test_content_fetched_from_another_node(tmp_path: Path) -> None:
             with trio.fail_after(30):
                 tail = await http.get(f"/ipfs/{root}", headers={"Range": f"bytes={size - 10}-"})
                 assert tail.status_code == 206 and tail.content == data[-10:]
-                if gw.gateway is not None and gw.gateway.app.source.ranged:
-                    # only the root and the last leaf were needed
-                    assert alice.bitswap.stats.blocks_served - served_before <= 3
+                # only the root and the last leaf were needed
+                assert alice.bitswap.stats.blocks_served - served_before <= 3
                 full = await http.get(f"/ipfs/{root}")
                 assert full.status_code == 200 and full.content == data
                 mid = await http.get(f"/ipfs/{root}", headers={"Range": "bytes=300000-700000"})
@@ -463,71 +462,3 @@ async def test_metrics_count_a_fetch(tmp_path: Path) -> None:
                 s.name == name for f in text_string_to_metric_families(after) for s in f.samples
             ), name
         nursery.cancel_scope.cancel()
-
-
-# -- the adapter against the ranged fetch API (Node.fetch(start=, end=)) ---------
-
-
-class _RangedFetch:
-    """What ``Node.fetch(cid, start=, end=)`` returns: leaves cut to [start, end)."""
-
-    def __init__(self, data: bytes, start: int, end: int | None) -> None:
-        self.data, self.start, self.end = data, start, end
-        self.filesize: int | None = None
-        self.providers = ["someone"]
-        self.dropped: dict[str, str] = {}
-        self.root = import_bytes(data)[0]
-
-    async def leaves(self) -> AsyncIterator[bytes]:
-        self.filesize = len(self.data)
-        end = len(self.data) if self.end is None else min(self.end, len(self.data))
-        first = self.start
-        while first < end:  # pieces end on leaf edges, as a DAG walk gives them
-            stop = min(end, (first // LEAF + 1) * LEAF)
-            yield self.data[first:stop]
-            first = stop
-
-
-class _NothingHere:
-    def has(self, cid: object) -> bool:
-        return False
-
-    def is_pinned(self, cid: object) -> bool:
-        return False
-
-
-class _RangedNode:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.store = _NothingHere()
-        self.asked: list[tuple[int, int | None]] = []
-
-    async def fetch(
-        self,
-        cid: object,
-        *,
-        pin: bool = True,
-        name: str = "",
-        start: int = 0,
-        end: int | None = None,
-    ) -> _RangedFetch:
-        self.asked.append((start, end))
-        return _RangedFetch(self.data, start, end)
-
-
-async def test_source_uses_the_ranged_fetch_api() -> None:
-    from typing import cast
-
-    from gateway.source import Source
-
-    data = payload_of(3 * LEAF + 10)
-    fake = _RangedNode(data)
-    source = Source(cast(Node, fake))
-    assert source.ranged
-    root = import_bytes(data)[0]
-    info = await source.info(root)
-    assert info.size == len(data) and fake.asked == [(0, 16)]
-    for start, end in [(0, 1), (LEAF - 1, LEAF + 1), (len(data) - 1, len(data)), (5, len(data))]:
-        got = b"".join([c async for c in source.read(root, start, end)])
-        assert got == data[start:end]
-        assert fake.asked[-1] == (start, end)

@@ -82,7 +82,9 @@ async def trials(n: int, one: Callable[[int], Awaitable[float]]) -> list[float]:
     return out
 
 
-async def run(size: int, n: int) -> None:
+async def measure(size: int, n: int) -> dict[str, list[float]]:
+    """Seconds to the first byte, ``n`` trials of each row of the module doc, by row
+    label ("(a) direct", "(a) GET", "(a) Range", "(b) direct", "(b) GET")."""
     with tempfile.TemporaryDirectory(prefix="coliving-bench-gw-") as tmp:
         async with trio.open_nursery() as nursery:
             alice, gw = await start_nodes(
@@ -116,6 +118,11 @@ async def run(size: int, n: int) -> None:
                     ),
                 }
             nursery.cancel_scope.cancel()
+    return rows
+
+
+async def run(size: int, n: int) -> None:
+    rows = await measure(size, n)
     print(f"gateway time to first byte, {size / MIB:.0f} MiB files, median of {n} (p90):")
     a_gap = statistics.median(rows["(a) GET"]) - statistics.median(rows["(a) direct"])
     b_gap = statistics.median(rows["(b) GET"]) - statistics.median(rows["(b) direct"])

@@ -128,6 +128,27 @@ async def servers(args: Sequence[Sequence[str]]) -> AsyncIterator[list[Server]]:
         yield [s for s in started if s is not None]
 
 
+@contextlib.asynccontextmanager
+async def raw_and_providers(
+    base: Path, size_mib: int, count: int = 3
+) -> AsyncIterator[tuple[Server, list[Server]]]:
+    """The raw server and ``count`` providers of one SIZE MiB file (data under ``base``)."""
+    provide = [
+        ["provide", "--data-dir", str(base / f"provider{i}"), "--size", str(size_mib)]
+        for i in range(count)
+    ]
+    status = err.status(f"starting 1 raw server and {count} providers adding {size_mib} MiB each…")
+    status.start()
+    try:
+        async with servers([["raw"], *provide]) as (raw, *providers):
+            status.stop()
+            cids = {p.info["cid"] for p in providers}
+            assert len(cids) == 1, cids
+            yield raw, providers
+    finally:
+        status.stop()
+
+
 def progress() -> Progress:
     return Progress(
         "[progress.description]{task.description}",
@@ -257,27 +278,26 @@ def verdict(ok: bool) -> str:
     return "goal met" if ok else "goal NOT met"
 
 
-def _load() -> str:
+def load_average() -> str:
     # other work on the machine skews every figure: say how busy it was
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
+def machine(load_before: str) -> str:
+    """The closing line of a benchmark: the machine, and how busy it was."""
+    return (
+        f"machine: {os.cpu_count()} CPUs, load average {load_before} before,"
+        f" {load_average()} after; Python {sys.version.split()[0]}"
+    )
+
+
 async def run(size_mib: int, trials: int, echo: Callable[[str], None]) -> None:
     size = size_mib * MIB
-    load_before = _load()
+    load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="coliving-bench-") as tmp:
         base = Path(tmp)
-        provide = [
-            ["provide", "--data-dir", str(base / f"provider{i}"), "--size", str(size_mib)]
-            for i in range(3)
-        ]
-        status = err.status(f"starting 1 raw server and 3 providers adding {size_mib} MiB each…")
-        status.start()
-        async with servers([["raw"], *provide]) as (raw, *providers):
-            status.stop()
-            cids = {p.info["cid"] for p in providers}
-            assert len(cids) == 1, cids
-            echo(f"file: {size_mib} MiB, root {cids.pop()}; MB = 10^6 bytes")
+        async with raw_and_providers(base, size_mib) as (raw, providers):
+            echo(f"file: {size_mib} MiB, root {providers[0].info['cid']}; MB = 10^6 bytes")
             a = await raw_throughput(raw, size)
             echo(f"(a) raw stream (TCP+Noise+Yamux, 2 processes): {a:.1f} MB/s")
             b, _ = await get_throughput(providers[:1], size, base / "fetch1", "(b) get, 1 provider")
@@ -302,10 +322,7 @@ async def run(size_mib: int, trials: int, echo: Callable[[str], None]) -> None:
             f" warm <= {GOAL_WARM_MS:.0f} ms: {verdict(w <= GOAL_WARM_MS)};"
             f" cold <= {GOAL_COLD_MS:.0f} ms: {verdict(k <= GOAL_COLD_MS)}"
         )
-        echo(
-            f"machine: {os.cpu_count()} CPUs, load average {load_before} before,"
-            f" {_load()} after; Python {sys.version.split()[0]}"
-        )
+        echo(machine(load_before))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -239,7 +239,13 @@ def register(
             result = op.register(service_type, amount, addrs, delegate=delegate, signature=sig)
             node = delegate
         else:
+            from p2p.host import peer_id_of_key
+            from p2p.keys import NodeKey
+
             key = _node_key(data_dir)
+            # placement maps delegates to peers through the /p2p/ part of these
+            peer = peer_id_of_key(NodeKey(key))
+            addrs = [a if "/p2p/" in a else f"{a}/p2p/{peer}" for a in addrs] or [f"/p2p/{peer}"]
             result = op.register(service_type, amount, addrs, node_key=key)
             node = _delegate(None, data_dir)
         _tx_line(f"registered {node} as {service_type} with {format_amount(amount)}", result)

@@ -48,6 +48,7 @@ test: $(STAMP) $(NPM_STAMP) $(CHROMIUM) lint
 bench: $(STAMP)
 	$(BIN)/python -m bench.transfer
 	$(BIN)/python -m bench.gateway
+	$(BIN)/python -m bench.availability
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache

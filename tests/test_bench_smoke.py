@@ -1,4 +1,5 @@
-"""The transfer benchmark runs end to end (``--quick``) and prints its four figures.
+"""The transfer and availability benchmarks run end to end (``--quick``) and print
+their figures.
 
 A smoke run only: the figures are not judged here (timings on a shared CI
 machine mean nothing); ``make bench`` is where they are read.
@@ -18,22 +19,47 @@ ROOT = Path(__file__).resolve().parent.parent
 NUMBER = r"[0-9]+(?:\.[0-9]+)?"
 
 
-@pytest.mark.slow
-def test_quick_benchmark_prints_the_four_figures(tmp_path: Path) -> None:
+def quick_run(module: str, tmp_path: Path, *, timeout: float) -> str:
+    """``python -m MODULE --quick`` with its temporary files under ``tmp_path``; its stdout."""
     result = subprocess.run(
-        [sys.executable, "-m", "bench.transfer", "--quick"],
+        [sys.executable, "-m", module, "--quick"],
         cwd=ROOT,
         env={**os.environ, "TMPDIR": str(tmp_path)},
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=timeout,
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_quick_benchmark_prints_the_four_figures(tmp_path: Path) -> None:
+    out = quick_run("bench.transfer", tmp_path, timeout=240)
     assert re.search(rf"^\(a\) .*?({NUMBER}) MB/s", out, re.M), out
     assert re.search(rf"^\(b\) .*?({NUMBER}) MB/s .*\(b\)/\(a\) = {NUMBER}", out, re.M), out
     assert re.search(rf"^\(c\) .*?({NUMBER}) MB/s .*\(c\)/\(a\) = {NUMBER}", out, re.M), out
     assert re.search(rf"^\(d\) .*warm ({NUMBER}) ms, cold ({NUMBER}) ms", out, re.M), out
     # the data directories of the bench, its servers and its clients are gone
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_quick_availability_benchmark_prints_its_figures(tmp_path: Path) -> None:
+    out = quick_run("bench.availability", tmp_path, timeout=300)
+    assert re.search(rf"load average at start {NUMBER}/", out), out
+    assert re.search(rf"^\(a\) raw single stream .*?{NUMBER} MB/s$", out, re.M), out
+    for k in (1, 2, 3):
+        line = rf"^\(b\) swarmed get .* from {k} holder .*?{NUMBER} MB/s +ratio to \(a\) {NUMBER}"
+        assert re.search(line, out, re.M), out
+    assert re.search(
+        rf"^\(c\) gateway time to first byte.*: {NUMBER} ms held by the gateway node"
+        rf".*, {NUMBER} ms held only by another node",
+        out,
+        re.M,
+    ), out
+    assert re.search(rf"^\(d\) repair after a node loss: {NUMBER} MB/s restored", out, re.M), out
+    assert re.search(r"rate-limited by design.*max_per_round = \d+.*max_concurrent = \d+", out), out
+    assert re.search(rf"^machine: .*load average {NUMBER}/.* before, {NUMBER}/.* after", out, re.M)
     assert list(tmp_path.iterdir()) == []

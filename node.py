@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from chain.oracle import AllowlistOracle, StakeOracle, WatchingOracle
-from p2p.abc import Stream, StreamError, TaskStatus
+from p2p.abc import GossipLike, HostLike, Stream, StreamError, TaskStatus
 from p2p.gossip import Gossip, GossipConfig, GossipMessage
 from p2p.host import AddressError, DialError, Host, HostConfig, peer_id_bytes, peer_id_from_bytes
 from p2p.keys import NodeKey, PeerId
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("coliving.node")
 DIAL_BACKOFF = 30.0  # seconds before a member that could not be dialed is tried again
+PROBE_TIMEOUT = 3.0  # a connected member that cannot open a stream in this long is gone
 
 
 class ConfigError(ValueError):
@@ -66,6 +67,7 @@ class NodeConfig:
     # placement: each CID is kept on this many staked content nodes
     replicas: int = 3
     repair_interval: float = 10.0
+    liveness_interval: float = 30.0  # how often a connected member is probed
     bitswap: BitswapConfig = field(default_factory=BitswapConfig)
     gossip: GossipConfig = field(default_factory=GossipConfig)
     # HTTP gateway (files by CID, web player, /health, /metrics) on "HOST:PORT"
@@ -156,7 +158,7 @@ def _oracle_from_config(config: NodeConfig, me: PeerId) -> StakeOracle:
 class _Peer:
     """Shared plumbing of nodes and clients: host, bitswap, provider lookup."""
 
-    host: Host
+    host: HostLike
     bitswap: Bitswap
     store: BlockStore
 
@@ -210,17 +212,28 @@ class Node(_Peer):
         *,
         key: NodeKey | None = None,
         oracle: StakeOracle | None = None,
+        host: HostLike | None = None,
+        gossip: GossipLike | None = None,
+        store: BlockStore | None = None,
     ) -> None:
+        """``host``, ``gossip`` and ``store`` default to libp2p's and LMDB in
+        ``data_dir``; simnet.virtual passes p2p.memory's (a host with its gossip)."""
         self.config = config
         self.key = key or NodeKey.load_or_create(config.data_dir)
-        self.store = BlockStore.open(config.data_dir / "store")
-        self.host = Host(self.key, HostConfig(listen=config.listen, bootstrap=config.bootstrap))
+        self.store = store if store is not None else BlockStore.open(config.data_dir / "store")
+        if host is None:
+            host = Host(self.key, HostConfig(listen=config.listen, bootstrap=config.bootstrap))
+        if gossip is None:
+            if not isinstance(host, Host):
+                raise TypeError("a host other than p2p.host.Host needs its own gossip")
+            gossip = Gossip(host, config.gossip)
+        self.host: HostLike = host
         self.peer_id = self.host.peer_id
         self.oracle: StakeOracle = oracle or _oracle_from_config(config, self.peer_id)
         if isinstance(self.oracle, WatchingOracle) and self.oracle.on_unstaked is None:
             self.oracle.on_unstaked = self._peer_unstaked
         self.unstaked_dropped = 0
-        self.gossip = Gossip(self.host, config.gossip)
+        self.gossip: GossipLike = gossip
         self.validator = announce.AnnounceValidator(self.oracle)
         self.bitswap = Bitswap(
             self.host, self.store, config=config.bitswap, on_bad_peer=self._bad_peer
@@ -239,6 +252,7 @@ class Node(_Peer):
         )
         self.misbehaviour: dict[PeerId, str] = {}
         self._dial_failed: dict[PeerId, float] = {}
+        self._probed: dict[PeerId, float] = {}
         self.announcements_received = 0
         self.announced = trio.Event()  # set at every accepted announcement (tests wait on it)
         self.gateway: Gateway | None = None  # started by run() when config.gateway is set
@@ -354,14 +368,32 @@ class Node(_Peer):
             if not addrs or not await self._dial_any(peer, addrs):
                 self._dial_failed[peer] = trio.current_time()
 
+        async def probe(peer: PeerId) -> None:
+            # A connection can outlive its peer (an in-process node stopped while
+            # a dial crossed its shutdown): open a stream, or drop the connection.
+            self._probed[peer] = now
+            try:
+                with trio.fail_after(PROBE_TIMEOUT):
+                    stream = await self.host.open_stream(peer, [query.PROTOCOL])
+                await stream.reset()
+            except (StreamError, trio.TooSlowError):
+                log.info("%s is connected but does not answer: disconnecting", peer)
+                await self.host.disconnect(peer)
+
         async with trio.open_nursery() as nursery:
             for peer in peers:
                 if self.host.is_connected(peer):
+                    if now - self._probed.get(peer, -math.inf) >= self.config.liveness_interval:
+                        nursery.start_soon(probe, peer)
                     continue
                 if now - self._dial_failed.get(peer, -math.inf) < DIAL_BACKOFF:
                     continue
                 nursery.start_soon(dial, peer)
         return {p for p in peers if self.host.is_connected(p)}
+
+    def reannounce(self) -> None:
+        for pin in self.store.pins():
+            self.announcer.announce(pin.cid)
 
     async def pull(self, cid: CID, holders: Sequence[PeerId]) -> int:
         """Fetch ``cid`` from ``holders``, pin and announce it; its size."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from p2p.keys import PeerId
@@ -41,3 +42,65 @@ else:
     TaskStatus = Any  # only ever used in annotations
 
 StreamHandler = Callable[[Stream], Awaitable[None]]
+
+
+# (origin, forwarder, data) -> accept?
+Validator = Callable[[PeerId, PeerId, bytes], Awaitable[bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class GossipMessage:
+    """A validated message as a subscriber sees it; ``origin`` is authenticated."""
+
+    topic: str
+    origin: PeerId
+    data: bytes
+
+
+class HostLike(Protocol):
+    """What a Node uses of its host: p2p.host.Host (libp2p) and p2p.memory.MemoryHost
+    (the virtual-time model) both satisfy it."""
+
+    @property
+    def peer_id(self) -> PeerId: ...
+
+    async def run(self, *, task_status: TaskStatus[None] = ...) -> None: ...
+
+    async def dial_bootstrap(self) -> list[PeerId]: ...
+
+    def addrs(self) -> list[str]: ...
+
+    async def connect(self, addr: str) -> PeerId: ...
+
+    def add_addrs(self, peer: PeerId, addrs: Sequence[str]) -> None: ...
+
+    async def disconnect(self, peer: PeerId) -> None: ...
+
+    def connected_peers(self) -> list[PeerId]: ...
+
+    def is_connected(self, peer: PeerId) -> bool: ...
+
+    def peer_addrs(self, peer: PeerId) -> list[str]: ...
+
+    async def open_stream(self, peer: PeerId, protocols: Sequence[str]) -> Stream: ...
+
+    def set_handler(self, protocol: str, handler: StreamHandler) -> None: ...
+
+
+class GossipLike(Protocol):
+    """What a Node uses of publish/subscribe: p2p.gossip.Gossip (gossipsub) and
+    p2p.memory.MemoryGossip (the model) both satisfy it."""
+
+    async def run(self, *, task_status: TaskStatus[None] = ...) -> None: ...
+
+    def set_validator(self, topic: str, validator: Validator) -> None: ...
+
+    async def subscribe(self, topic: str) -> AsyncIterator[GossipMessage]: ...
+
+    async def publish(self, topic: str, data: bytes) -> None: ...
+
+    async def wait_for_subscriber(self, peer: PeerId, topic: str) -> None: ...
+
+    def mesh_peers(self, topic: str) -> list[PeerId]: ...
+
+    def topic_peers(self, topic: str) -> list[PeerId]: ...

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,14 +27,13 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.score import ScoreParams, TopicScoreParams
 from libp2p.tools.anyio_service import background_trio_service
 
-from p2p.abc import TaskStatus
+from p2p.abc import GossipMessage, TaskStatus, Validator
 from p2p.host import Host
 from p2p.keys import PeerId
 
 log = logging.getLogger(__name__)
 
-# (origin, forwarder, data) -> accept?
-Validator = Callable[[PeerId, PeerId, bytes], Awaitable[bool]]
+__all__ = ["Gossip", "GossipConfig", "GossipMessage", "Validator"]
 
 
 @dataclass(frozen=True)
@@ -48,13 +47,6 @@ class GossipConfig:
     graylist_threshold: float = -100.0
     # All simnet/devnet peers share 127.0.0.1: IP-diversity rules would starve the mesh.
     eclipse_protection: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class GossipMessage:
-    topic: str
-    origin: PeerId
-    data: bytes
 
 
 async def _messages(topic: str, sub: Any) -> AsyncIterator[GossipMessage]:

@@ -86,6 +86,10 @@ class ReplicaHost(Protocol):
         self, peer: PeerId, op: str, *, within: float = ..., **args: Any
     ) -> dict[str, Any]: ...
 
+    def reannounce(self) -> None:
+        """Announce every pin again (a new member must learn what exists)."""
+        ...
+
 
 class Replicator:
     def __init__(self, host: ReplicaHost, config: ReplicationConfig) -> None:
@@ -94,7 +98,7 @@ class Replicator:
         self.status = RepairStatus()
         self.round_done = trio.Event()  # set after every round (tests wait on it)
         self._wake = trio.Event()
-        self._live: set[bytes] = set()
+        self._members_seen: set[bytes] = set()
 
     def poke(self) -> None:
         """Run a round now (a registry change, a peer lost)."""
@@ -184,6 +188,12 @@ class Replicator:
 
     async def round(self) -> None:
         members, live = await self.view()
+        joined = set(members) - self._members_seen
+        if self._members_seen and joined:
+            # A node that joins has an empty provider index: it learns what
+            # exists from re-announcements (announcements only say "new pin").
+            self.host.reannounce()
+        self._members_seen = set(members)
         me = self.host.peer_bytes(self.host.peer_id)
         if me not in members:
             self.status.backlog = 0

@@ -76,7 +76,11 @@ class Net:
             await self.chain.register(key)
         bootstrap = tuple(n.host.addrs()[0] for n in self.live()[:1])
         config = NodeConfig.load(
-            self.base / name, bootstrap=bootstrap, repair_interval=0.3, chain_poll_interval=0.1
+            self.base / name,
+            bootstrap=bootstrap,
+            repair_interval=0.3,
+            chain_poll_interval=0.1,
+            liveness_interval=1.0,
         )
         node = Node(config, key=key, oracle=self.chain.oracle())
 

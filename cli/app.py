@@ -30,6 +30,7 @@ from rich.progress import (
 
 from chain.oracle import AllowlistOracle
 from cli.operator import chain_app, operator_app
+from cli.simnet import simnet_app
 from node import Client, ConfigError, Node, NodeConfig, file_chunks
 from p2p.abc import StreamError
 from p2p.host import AddressError, DialError, Host, HostConfig, peer_of_addr
@@ -49,6 +50,7 @@ node_app = typer.Typer(help="Run a content node.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
 app.add_typer(operator_app, name="operator")
 app.add_typer(chain_app, name="chain")
+app.add_typer(simnet_app, name="simnet")
 err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 

@@ -12,13 +12,15 @@ our engine, which would never lie) and answers every want in one of these ways:
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Literal
 
 import trio
 
-from p2p.abc import Stream, StreamError, TaskStatus
+from p2p.abc import HostLike, Stream, StreamError, TaskStatus
 from p2p.host import Host, HostConfig
-from p2p.keys import NodeKey
+from p2p.keys import NodeKey, PeerId
 from protocols import bitswap_msg as msg
 from protocols.bitswap_msg import BitswapMessage, Presence, WantType
 from protocols.cid import CID, RAW
@@ -32,25 +34,43 @@ Mode = Literal["corrupt", "substitute", "stall", "dont_have"]
 class ByzantineProvider:
     """A peer that claims to hold everything and answers wants badly."""
 
-    def __init__(self, mode: Mode, *, blocks: dict[CID, bytes] | None = None) -> None:
+    def __init__(
+        self,
+        mode: Mode,
+        *,
+        blocks: dict[CID, bytes] | None = None,
+        host: HostLike | None = None,
+        engine: Callable[[PeerId, BitswapMessage], Awaitable[None]] | None = None,
+    ) -> None:
         self.mode = mode
         self.blocks = blocks or {}
-        self.host = Host(NodeKey.generate(), HostConfig())
+        self.host: HostLike = host or Host(NodeKey.generate(), HostConfig())
         self.peer_id = self.host.peer_id
+        # blocks and presences (answers to our own wants) go to ``engine`` when given:
+        # a byzantine *node* still fetches honestly, it only serves lies
+        self.engine = engine
         self.wants_seen = 0
         self.replies_sent = 0
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.take_over()
+        await self.host.run(task_status=task_status)
+
+    def take_over(self) -> None:
+        """Answer Bitswap on ``self.host`` from now on (the simnet turns a running,
+        staked node byzantine this way: its gossip stays honest, its blocks do not)."""
         for proto in msg.PROTOCOLS:
             self.host.set_handler(proto, self._handle)
-        await self.host.run(task_status=task_status)
 
     async def _handle(self, stream: Stream) -> None:
         reader = FrameReader(stream)
         reply_stream: Stream | None = None
         try:
             while (payload := await reader.read_frame(msg.MAX_MESSAGE)) is not None:
-                wants = [w for w in msg.decode(payload).wants if not w.cancel]
+                message = msg.decode(payload)
+                if self.engine is not None and (message.blocks or message.presences):
+                    await self.engine(stream.remote_peer, replace(message, wants=(), full=False))
+                wants = [w for w in message.wants if not w.cancel]
                 self.wants_seen += len(wants)
                 reply = self._reply(wants)
                 if reply is None:

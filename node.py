@@ -391,6 +391,9 @@ class Node(_Peer):
                 nursery.start_soon(dial, peer)
         return {p for p in peers if self.host.is_connected(p)}
 
+    def is_connected(self, peer: PeerId) -> bool:
+        return self.host.is_connected(peer)
+
     def reannounce(self) -> None:
         for pin in self.store.pins():
             self.announcer.announce(pin.cid)

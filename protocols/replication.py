@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -74,6 +74,8 @@ class ReplicaHost(Protocol):
 
     def peer_of_bytes(self, raw: bytes) -> PeerId: ...
 
+    def is_connected(self, peer: PeerId) -> bool: ...
+
     async def reach(self, peers: Sequence[PeerId]) -> set[PeerId]:
         """Which of ``peers`` are connected now (dialing the others once)."""
         ...
@@ -119,20 +121,41 @@ class Replicator:
 
     # -- placement as this node sees it ---------------------------------------
 
-    async def view(self) -> tuple[list[bytes], set[bytes]]:
-        """(members, live members) as bytes; dials members we are not connected to."""
+    async def view(self, cids: Iterable[CID]) -> tuple[list[bytes], set[bytes]]:
+        """(members, live members) as bytes, as far as ``cids`` need to know.
+
+        Only the members that rank, for one of ``cids``, at or above its R-th
+        connected member are dialed (if not connected) or probed (if
+        connected): theirs is the liveness that decides ownership. No full mesh:
+        a node talks to the owners of what it holds, not to every member.
+        """
         members = await self.host.oracle.content_nodes()
-        others = [p for p in members if p != self.host.peer_id]
-        reached = await self.host.reach(others)
-        live = {self.host.peer_bytes(p) for p in reached}
+        me_peer = self.host.peer_id
+        me = self.host.peer_bytes(me_peer)
         raw = [self.host.peer_bytes(p) for p in members]
-        me = self.host.peer_bytes(self.host.peer_id)
+        connected = {
+            b
+            for b, p in zip(raw, members, strict=True)
+            if p == me_peer or self.host.is_connected(p)
+        }
+        deciding: set[bytes] = set()
+        for cid in cids:
+            found = 0
+            for peer in placement.ranking(cid, raw):
+                if peer != me:
+                    deciding.add(peer)
+                if peer in connected:
+                    found += 1
+                    if found == self.config.replicas:
+                        break
+        reached = await self.host.reach([self.host.peer_of_bytes(p) for p in deciding])
+        live = {self.host.peer_bytes(p) for p in reached}
         if me in raw:
             live.add(me)
         return raw, live
 
     async def owners_of(self, cid: CID) -> list[PeerId]:
-        members, live = await self.view()
+        members, live = await self.view([cid])
         chosen = placement.owners(cid, members, self.config.replicas, live=live.__contains__)
         return [self.host.peer_of_bytes(p) for p in chosen]
 
@@ -187,7 +210,9 @@ class Replicator:
     # -- repair ---------------------------------------------------------------
 
     async def round(self) -> None:
-        members, live = await self.view()
+        index = self.host.store.provided()
+        pinned = {p.cid for p in self.host.store.pins()}
+        members, live = await self.view(set(index) | pinned)
         joined = set(members) - self._members_seen
         if self._members_seen and joined:
             # A node that joins has an empty provider index: it learns what
@@ -198,8 +223,6 @@ class Replicator:
         if me not in members:
             self.status.backlog = 0
             return  # not a staked content node: no owner duties
-        index = self.host.store.provided()
-        pinned = {p.cid for p in self.host.store.pins()}
         want: list[tuple[CID, list[PeerId]]] = []
         drop: list[CID] = []
         for cid in set(index) | pinned:

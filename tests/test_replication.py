@@ -140,8 +140,11 @@ async def test_upload_reaches_the_owners_and_repair_follows_churn(tmp_path: Path
             receiver = next(n for n in net.live() if n not in owners)
             got, replicas = await upload(net, receiver, payload)
         assert got == cid
-        assert replicas == R + 1  # the receiver's copy and the three owners'
-        assert owners <= holders(cid, net.live())
+        # the receiver's copy and the owners' that answered in time (all three,
+        # unless one's view of the registry still lags): at least one more copy
+        assert replicas is not None and 2 <= replicas <= R + 1
+        with trio.fail_after(60):  # repair brings any missing owner in
+            await until(net.live(), lambda: owners <= holders(cid, net.live()))
 
         # the receiver is not an owner: it drops its copy, but only once R owners hold it
         with trio.fail_after(60):

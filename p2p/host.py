@@ -58,6 +58,12 @@ class HostConfig:
     bootstrap: Sequence[str] = ()
     dial_timeout: float = 10.0
     max_connections: int = 300
+    # py-libp2p's connection manager dials known peers while a host has fewer
+    # than low_watermark connections (default 100): in a swarm of hundreds that
+    # is everyone dialing everyone. A content node needs its owners and a
+    # gossip mesh, not a hundred peers.
+    min_connections: int = 8
+    low_watermark: int = 16
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -174,6 +180,8 @@ class Host:
             connection_config=ConnectionConfig(
                 max_connections_per_peer=1,
                 max_connections=self.config.max_connections,
+                min_connections=self.config.min_connections,
+                low_watermark=self.config.low_watermark,
                 dial_timeout=self.config.dial_timeout,
             ),
         )

@@ -142,6 +142,12 @@ class ChainStakeOracle:
             return None
         if generation == self._generation:  # else it may predate a change: answer, don't keep
             self._remember(peer, stake)
+        if peer in self._recheck and (stake is None or not stake.sufficient):
+            # it was accepted before the last change and a re-check is under way:
+            # whoever asked must not see "unstaked" while its records still stand
+            self._recheck.discard(peer)
+            if self.on_unstaked is not None:
+                self.on_unstaked(peer)
         return stake
 
     def _remember(self, peer: PeerId, stake: Stake | None) -> None:

@@ -38,10 +38,20 @@ def owners(
     live: Callable[[bytes], bool] = lambda _: True,
 ) -> list[bytes]:
     """The first ``replicas`` live members of the ranking."""
+    return first_live(ranking(cid, members), replicas, live=live)
+
+
+def first_live(
+    ranked: Sequence[bytes],
+    replicas: int = DEFAULT_REPLICAS,
+    *,
+    live: Callable[[bytes], bool] = lambda _: True,
+) -> list[bytes]:
+    """The owners from a ranking already made: its first ``replicas`` live members."""
     if replicas < 1:
         raise ValueError("replicas must be at least 1")
     out: list[bytes] = []
-    for peer in ranking(cid, members):
+    for peer in ranked:
         if live(peer):
             out.append(peer)
             if len(out) == replicas:

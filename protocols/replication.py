@@ -121,8 +121,10 @@ class Replicator:
 
     # -- placement as this node sees it ---------------------------------------
 
-    async def view(self, cids: Iterable[CID]) -> tuple[list[bytes], set[bytes]]:
-        """(members, live members) as bytes, as far as ``cids`` need to know.
+    async def view(
+        self, cids: Iterable[CID]
+    ) -> tuple[list[bytes], set[bytes], dict[CID, list[bytes]]]:
+        """(members, live members, each CID's ranking), as far as ``cids`` need to know.
 
         Only the members that rank, for one of ``cids``, at or above its R-th
         connected member are dialed (if not connected) or probed (if
@@ -139,9 +141,11 @@ class Replicator:
             if p == me_peer or self.host.is_connected(p)
         }
         deciding: set[bytes] = set()
+        rankings: dict[CID, list[bytes]] = {}
         for cid in cids:
             found = 0
-            for peer in placement.ranking(cid, raw):
+            rankings[cid] = placement.ranking(cid, raw)
+            for peer in rankings[cid]:
                 if peer != me:
                     deciding.add(peer)
                 if peer in connected:
@@ -152,11 +156,11 @@ class Replicator:
         live = {self.host.peer_bytes(p) for p in reached}
         if me in raw:
             live.add(me)
-        return raw, live
+        return raw, live, rankings
 
     async def owners_of(self, cid: CID) -> list[PeerId]:
-        members, live = await self.view([cid])
-        chosen = placement.owners(cid, members, self.config.replicas, live=live.__contains__)
+        _, live, rankings = await self.view([cid])
+        chosen = placement.first_live(rankings[cid], self.config.replicas, live=live.__contains__)
         return [self.host.peer_of_bytes(p) for p in chosen]
 
     # -- on upload ------------------------------------------------------------
@@ -212,7 +216,8 @@ class Replicator:
     async def round(self) -> None:
         index = self.host.store.provided()
         pinned = {p.cid for p in self.host.store.pins()}
-        members, live = await self.view(set(index) | pinned)
+        known = set(index) | pinned
+        members, live, rankings = await self.view(known)
         joined = set(members) - self._members_seen
         if self._members_seen and joined:
             # A node that joins has an empty provider index: it learns what
@@ -225,8 +230,10 @@ class Replicator:
             return  # not a staked content node: no owner duties
         want: list[tuple[CID, list[PeerId]]] = []
         drop: list[CID] = []
-        for cid in set(index) | pinned:
-            owners = placement.owners(cid, members, self.config.replicas, live=live.__contains__)
+        for cid in known:
+            owners = placement.first_live(
+                rankings[cid], self.config.replicas, live=live.__contains__
+            )
             holders = [p for p in index.get(cid, []) if p != me]
             if me in owners and cid not in pinned:
                 live_holders = [p for p in holders if p in live] or holders

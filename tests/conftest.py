@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from chain.stake import ChainStakeOracle
+    from p2p.keys import PeerId
 
 
 @pytest.fixture(autouse=True)
@@ -23,6 +28,22 @@ def data(tmp_path: Path) -> Path:
 def pattern(n: int) -> bytes:
     """The vector content: byte i is i mod 251 (same as tools/js/cid_vectors.mjs)."""
     return (bytes(range(251)) * (n // 251 + 1))[:n]
+
+
+async def chunks(data: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    """``data`` as an upload or add reads a file: in slices of ``size``."""
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+async def wait_unstaked(oracle: ChainStakeOracle, peer: PeerId) -> int:
+    """Until the oracle no longer accepts ``peer``; returns the head it saw then."""
+    while True:
+        stake = await oracle.stake_of(peer)
+        if stake is None or not stake.sufficient:
+            assert oracle.head is not None
+            return oracle.head
+        await oracle.head_changed.wait()
 
 
 @pytest.fixture

@@ -38,6 +38,7 @@ from protocols.unixfs import Block, import_bytes
 from protocols.wire import FrameReader, frame
 from simnet.local import start_nodes
 from store.blockstore import BlockStore
+from tests.conftest import chunks
 from tests.test_crash import start_node_process
 
 WAIT = 20  # seconds: a generous deadline for any one network step on a loaded machine
@@ -89,11 +90,6 @@ class Scene:
 
     async def open(self, protocol: str) -> Stream:
         return await self.mallory.open_stream(self.alice.peer_id, [protocol])
-
-
-async def chunks(data: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:
-    for i in range(0, len(data), size):
-        yield data[i : i + size]
 
 
 @contextlib.asynccontextmanager

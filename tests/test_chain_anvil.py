@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import socket
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import trio
@@ -23,27 +22,14 @@ from protocols import announce
 from protocols.cid import CID, RAW
 from simnet.local import start_nodes, wait_for_mesh
 from tests.anvil import rpc_call, start_anvil
-from tests.conftest import pattern
+from tests.conftest import chunks, pattern, wait_unstaked
 
 MAX_BLOCKS_TO_REJECT = 2
-
-
-async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
-    yield data
 
 
 def announcement() -> bytes:
     cid = CID.for_block(RAW, b"anything")
     return announce.encode(announce.Announcement(time.time(), 600, (), (cid,)))
-
-
-async def wait_unstaked(oracle: ChainStakeOracle, peer: PeerId) -> int:
-    while True:
-        stake = await oracle.stake_of(peer)
-        if stake is None or not stake.sufficient:
-            assert oracle.head is not None
-            return oracle.head
-        await oracle.head_changed.wait()
 
 
 async def test_register_gossip_then_deregister_and_slash_are_rejected(
@@ -55,7 +41,7 @@ async def test_register_gossip_then_deregister_and_slash_are_rejected(
         with trio.fail_after(30):
             await wait_for_mesh(nodes, announce.TOPIC)
         a, b, c = nodes
-        cid = await a.add(one_chunk(pattern(50_000)), name="t")
+        cid = await a.add(chunks(pattern(50_000)), name="t")
         with trio.fail_after(30):
             while peer_id_bytes(a.peer_id) not in c.store.providers(cid):
                 await c.announced.wait()
@@ -142,7 +128,7 @@ async def test_unreachable_rpc_keeps_the_node_running_and_is_retried(tmp_path: P
         assert await oracle.stake_of(peer_id_of_key(key)) is None
         assert not await node.validator(peer_id_of_key(key), node.peer_id, announcement())
         # the node still serves
-        cid = await node.add(one_chunk(b"still here"), name="x")
+        cid = await node.add(chunks(b"still here"), name="x")
         assert node.store.has(cid)
 
         with start_anvil(port=port) as second:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -27,17 +26,13 @@ from protocols.bitswap import BitswapConfig
 from protocols.unixfs import import_bytes
 from simnet.byzantine import ByzantineProvider, Mode
 from simnet.local import start_nodes
+from tests.conftest import chunks
 
 LEAF = 262_144
 # Keep the lead's repair loop from pulling test content onto the gateway node.
 QUIET: dict[str, Any] = (
     {"repair_interval": 3600.0} if "repair_interval" in {f.name for f in fields(NodeConfig)} else {}
 )
-
-
-async def chunks(data: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:
-    for i in range(0, len(data), size):
-        yield data[i : i + size]
 
 
 def payload_of(size: int) -> bytes:

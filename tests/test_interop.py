@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trio
 
 from simnet.local import start_nodes
+from tests.conftest import chunks
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE22 = ROOT / "node_modules" / ".bin" / "node"
@@ -28,11 +28,6 @@ pytestmark = [
         not NODE22.exists(), reason="npm dev dependencies missing: run `npm ci` (make test does)"
     ),
 ]
-
-
-async def chunks(data: bytes) -> AsyncIterator[bytes]:
-    for i in range(0, len(data), 1 << 20):
-        yield data[i : i + (1 << 20)]
 
 
 @pytest.mark.parametrize("size", [1000, 3 * 262_144 + 17, 50 * 262_144])

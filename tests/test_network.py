@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,11 +16,7 @@ from protocols.unixfs import import_bytes
 from simnet.byzantine import ByzantineProvider, Mode
 from simnet.local import star_topology, start_nodes, wait_for_mesh
 from store.blockstore import BlockStore
-
-
-async def chunks(data: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:
-    for i in range(0, len(data), size):
-        yield data[i : i + size]
+from tests.conftest import chunks
 
 
 async def until_provider_known(node: Node, cid: CID) -> None:

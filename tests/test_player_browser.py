@@ -12,7 +12,6 @@ import io
 import json
 import shutil
 import wave
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ import trio
 
 from cli.sample import sample_wav
 from simnet.local import start_nodes
+from tests.conftest import chunks
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -56,11 +56,6 @@ def long_wav(repeat: int) -> bytes:
         dst.setparams(params)
         dst.writeframes(frames * repeat)
     return out.getvalue()
-
-
-async def chunks(data: bytes) -> AsyncIterator[bytes]:
-    for i in range(0, len(data), 1 << 20):
-        yield data[i : i + (1 << 20)]
 
 
 async def test_browser_plays_and_seeks_with_range_requests(tmp_path: Path) -> None:

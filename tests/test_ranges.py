@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,9 @@ from node import Node, NodeConfig
 from p2p.host import peer_id_bytes
 from protocols import announce
 from simnet.local import start_nodes, wait_for_mesh
-from tests.conftest import pattern
+from tests.conftest import chunks, pattern
 
 LEAF = 262_144
-
-
-async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
-    for i in range(0, len(data), 1 << 20):
-        yield data[i : i + (1 << 20)]
 
 
 async def read(node: Node, cid: object, start: int, end: int | None) -> tuple[bytes, int]:
@@ -38,7 +32,7 @@ async def test_ranges_from_another_node_fetch_only_their_blocks(tmp_path: Path) 
         a, b = await start_nodes(nursery, tmp_path, 2, replicas=1)
         with trio.fail_after(20):
             await wait_for_mesh([a, b], announce.TOPIC)
-        cid = await a.add(one_chunk(payload), name="t")
+        cid = await a.add(chunks(payload), name="t")
         with trio.fail_after(20):
             while not b.store.providers(cid):
                 await b.announced.wait()
@@ -76,7 +70,7 @@ async def test_ranges_across_a_two_level_dag_from_the_local_store(tmp_path: Path
     payload = pattern(size)
     async with trio.open_nursery() as nursery:
         (a,) = await start_nodes(nursery, tmp_path, 1)
-        cid = await a.add(one_chunk(payload), name="big")
+        cid = await a.add(chunks(payload), name="big")
         edges = [0, LEAF - 1, 174 * LEAF - 1, 174 * LEAF, 174 * LEAF + 1, size - 1]
         with trio.fail_after(60):
             for start in edges:
@@ -92,7 +86,7 @@ async def test_ranges_across_a_two_level_dag_from_the_local_store(tmp_path: Path
 async def test_bad_ranges_are_refused(tmp_path: Path, start: int, end: int) -> None:
     async with trio.open_nursery() as nursery:
         (a,) = await start_nodes(nursery, tmp_path, 1)
-        cid = await a.add(one_chunk(b"abc"), name="t")
+        cid = await a.add(chunks(b"abc"), name="t")
         with pytest.raises(ValueError, match="bad byte range"):
             await a.fetch(cid, pin=False, start=start, end=end)
         nursery.cancel_scope.cancel()

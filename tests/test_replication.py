@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import trio
@@ -19,6 +19,7 @@ from protocols import placement
 from protocols.cid import CID, RAW
 from protocols.errors import ProtocolError
 from protocols.unixfs import import_bytes
+from tests.conftest import chunks
 
 R = 3
 
@@ -56,10 +57,6 @@ def test_dead_owners_are_replaced_by_the_next_in_the_ranking(
 
 
 # -- real nodes ------------------------------------------------------------------
-
-
-async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
-    yield data
 
 
 class Net:
@@ -122,7 +119,7 @@ async def upload(net: Net, to: Node, payload: bytes) -> tuple[CID, int | None]:
     client = Client()
     await net.nursery.start(client.run)
     peer = await client.connect(to.host.addrs()[0])
-    done = await client.upload(peer, one_chunk(payload), name="track.bin")
+    done = await client.upload(peer, chunks(payload), name="track.bin")
     return done.cid, done.replicas
 
 

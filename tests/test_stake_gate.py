@@ -9,7 +9,6 @@ rejected while honest announcements still arrive.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import trio
@@ -23,29 +22,15 @@ from p2p.keys import NodeKey, PeerId
 from protocols import announce
 from protocols.cid import CID, RAW
 from simnet.local import start_nodes, wait_for_mesh
-from tests.conftest import pattern
+from tests.conftest import chunks, pattern, wait_unstaked
 
 # a peer below the minimum must be refused within this many blocks of the change
 MAX_BLOCKS_TO_REJECT = 2
 
 
-async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
-    yield data
-
-
 async def wait_provider(node: Node, cid: CID, peer: PeerId) -> None:
     while peer_id_bytes(peer) not in node.store.providers(cid):
         await node.announced.wait()
-
-
-async def wait_unstaked(oracle: ChainStakeOracle, peer: PeerId) -> int:
-    """Until the oracle no longer accepts ``peer``; returns the head it saw then."""
-    while True:
-        stake = await oracle.stake_of(peer)
-        if stake is None or not stake.sufficient:
-            assert oracle.head is not None
-            return oracle.head
-        await oracle.head_changed.wait()
 
 
 def raw_cid(data: bytes) -> CID:
@@ -63,7 +48,7 @@ async def test_staked_nodes_gossip_and_a_deregistered_one_is_dropped(tmp_path: P
         with trio.fail_after(30):
             await wait_for_mesh(nodes, announce.TOPIC)
         a, b, c = nodes
-        cid = await a.add(one_chunk(pattern(300_000)), name="t")
+        cid = await a.add(chunks(pattern(300_000)), name="t")
         with trio.fail_after(30):
             await wait_provider(c, cid, a.peer_id)
         assert c.validator.rejected == {}
@@ -132,7 +117,7 @@ async def test_unstaked_flood_is_rejected_and_honest_announcements_arrive(
         flood = 200
         for i in range(flood):
             await sybil.gossip.publish(announce.TOPIC, announcement(raw_cid(i.to_bytes(4, "big"))))
-        cid = await honest[0].add(one_chunk(pattern(10_000)), name="honest")
+        cid = await honest[0].add(chunks(pattern(10_000)), name="honest")
         with trio.fail_after(30):
             await wait_provider(honest[1], cid, honest[0].peer_id)
         receiver = honest[1]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -27,13 +27,10 @@ from simnet.virtual import (
     seed_keys,
     start_virtual_nodes,
 )
+from tests.conftest import chunks
 
 LATENCY = 0.05
 SIX = [f"n{i}" for i in range(6)]
-
-
-async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
-    yield data
 
 
 def payload(seed: int, index: int, size: int) -> bytes:
@@ -84,7 +81,7 @@ async def test_chain_of_six_in_virtual_time(tmp_path: Path, autojump_clock: Mock
         with trio.fail_after(10):
             async with trio.open_nursery() as watch:
                 publish = await watch.start(_start_waiting, published_by, nodes[0])
-                root = await nodes[0].add(one_chunk(data))
+                root = await nodes[0].add(chunks(data))
                 sent = await publish()
                 for i in range(1, 6):
                     watch.start_soon(hear, i)
@@ -139,7 +136,7 @@ async def test_loss_delays_by_the_retransmit_timeout(
     async with trio.open_nursery() as nursery:
         nodes = await start_virtual_nodes(nursery, tmp_path, 2, names=SIX[:2], links=links)
         data = payload(3, 0, 20 * 262_144)
-        root = await nodes[0].add(one_chunk(data))
+        root = await nodes[0].add(chunks(data))
         start = trio.current_time()
         with trio.fail_after(120):
             fetch = await nodes[1].fetch(root)
@@ -168,7 +165,7 @@ async def scenario(nodes: Sequence[Node]) -> Outcome:
         await wait_for_mesh(nodes, announce.TOPIC)
     for uploader, fetcher, index in ((0, 5, 0), (2, 0, 1)):
         data = payload(11, index, 2 * 262_144 + 99 * index)
-        root = await nodes[uploader].add(one_chunk(data), name=f"track{index}")
+        root = await nodes[uploader].add(chunks(data), name=f"track{index}")
         with trio.fail_after(30):
             await until_all_know(nodes, root, nodes[uploader])
         with trio.fail_after(60):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from chain.oracle import AllowlistOracle, StakeOracle, WatchingOracle
+from chain.oracle import AllowlistOracle, StakeOracle, WatchingOracle, is_staked_content_node
 from p2p.abc import GossipLike, HostLike, Stream, StreamError, TaskStatus
 from p2p.gossip import Gossip, GossipConfig, GossipMessage
 from p2p.host import AddressError, DialError, Host, HostConfig, peer_id_bytes, peer_id_from_bytes
@@ -417,6 +417,10 @@ class Node(_Peer):
                 ann = announce.decode(message.data)
             except DecodingError:
                 continue  # the validator already refused it; defensive only
+            if not await is_staked_content_node(self.oracle, message.origin):
+                # validated while staked, queued, and unstaked meanwhile: the
+                # oracle already dropped this peer's records; don't bring them back
+                continue
             self.store.add_providers(peer_id_bytes(message.origin), ann.roots, ttl=ann.ttl)
             try:
                 self.host.add_addrs(message.origin, list(ann.addrs))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import tempfile
 import time
 import tomllib
@@ -41,7 +42,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("coliving.node")
 DIAL_BACKOFF = 30.0  # seconds before a member that could not be dialed is tried again
-PROBE_TIMEOUT = 3.0  # a connected member that cannot open a stream in this long is gone
+PROBE_TIMEOUT = 10.0  # a connected member that cannot open a stream in this long is gone
+# (not less: on a loaded host a live peer can take seconds, and dropping it costs a redial)
+GOSSIP_DEGREE = 6  # staked members a node keeps connected (gossipsub's mesh degree D)
 
 
 class ConfigError(ValueError):
@@ -274,6 +277,7 @@ class Node(_Peer):
                 nursery.start_soon(self._expire_loop)
                 await self.host.dial_bootstrap()
                 await nursery.start(self.replicator.run)
+                nursery.start_soon(self._keep_degree_loop)
                 if self.config.gateway is not None:
                     from gateway import Gateway, GatewayConfig
 
@@ -393,6 +397,37 @@ class Node(_Peer):
 
     def is_connected(self, peer: PeerId) -> bool:
         return self.host.is_connected(peer)
+
+    async def keep_degree(self, rng: random.Random) -> list[PeerId]:
+        """Dial random registered members while this node has fewer than
+        GOSSIP_DEGREE connections (the peers gossip can mesh with: bootstrap
+        peers count too); the ones dialed.
+
+        Stands in for py-libp2p's auto-connector (off, see p2p.host.HostConfig),
+        which dials everyone it has heard of: here only staked members, and only
+        as many as the gossip mesh needs. Without a chain (an allowlist) the
+        bootstrap peers are the whole topology."""
+        registered: dict[PeerId, list[str]] = getattr(self.oracle, "registered_addrs", {})
+        members = sorted(p for p in registered if p != self.peer_id)
+        need = GOSSIP_DEGREE - len(self.host.connected_peers())
+        if need <= 0:
+            return []
+        now = trio.current_time()
+        candidates = [
+            p
+            for p in members
+            if not self.host.is_connected(p)
+            and now - self._dial_failed.get(p, -math.inf) >= DIAL_BACKOFF
+        ]
+        chosen = rng.sample(candidates, min(need, len(candidates)))
+        await self.reach(chosen)
+        return chosen
+
+    async def _keep_degree_loop(self) -> None:
+        rng = random.Random(self.peer_id)  # a node's choices repeat from run to run
+        while True:
+            await self.keep_degree(rng)
+            await trio.sleep(self.config.repair_interval)
 
     def reannounce(self) -> None:
         for pin in self.store.pins():

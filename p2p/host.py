@@ -58,13 +58,19 @@ class HostConfig:
     bootstrap: Sequence[str] = ()
     dial_timeout: float = 10.0
     max_connections: int = 300
-    # py-libp2p's connection manager dials known peers while a host has fewer
-    # than low_watermark connections (default 100): in a swarm of hundreds that
-    # is everyone dialing everyone. A content node needs its owners and a
-    # gossip mesh, not a hundred peers.
+    # py-libp2p's pruner closes connections above high_watermark, down to
+    # low_watermark. Its auto-connector (which would dial every peer in the
+    # peerstore up to the mid-point of the two: 158 by default, everyone
+    # dialing everyone in a swarm of hundreds) is switched off: a node chooses
+    # whom it connects to (bootstrap peers, staked members for its gossip
+    # degree, owners, providers; see node.Node.keep_degree).
     min_connections: int = 8
     low_watermark: int = 16
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+async def _no_auto_dial() -> None:
+    """Stands in for py-libp2p's AutoConnector.maybe_connect (see HostConfig)."""
 
 
 def parse_addr(text: str) -> multiaddr.Multiaddr:
@@ -101,10 +107,16 @@ def peer_id_of_key(key: NodeKey) -> PeerId:
 
 
 # Cached: the replicator converts every staked member at every repair round, and
-# base58 costs ~45 us a peer (0.45 s a round per node at 10,000 members).
+# base58 costs ~45 us a peer (0.45 s a round per node at 10,000 members); the
+# connection checks parse the same few hundred IDs over and over (9% of a
+# simnet worker's CPU at 200 nodes before this cache).
 @functools.lru_cache(maxsize=1 << 16)
+def _libp2p_id(peer: PeerId) -> ID:
+    return ID.from_base58(peer)
+
+
 def peer_id_bytes(peer: PeerId) -> bytes:
-    return ID.from_base58(peer).to_bytes()
+    return _libp2p_id(peer).to_bytes()
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -185,6 +197,8 @@ class Host:
                 dial_timeout=self.config.dial_timeout,
             ),
         )
+        swarm: Any = self._host.get_network()
+        swarm.auto_connector.maybe_connect = _no_auto_dial
         self.peer_id = PeerId(self._host.get_id().to_base58())
         self.ready = trio.Event()
 
@@ -247,11 +261,11 @@ class Host:
 
     def add_addrs(self, peer: PeerId, addrs: Sequence[str]) -> None:
         store = self._host.get_peerstore()
-        store.add_addrs(ID.from_base58(peer), [parse_addr(a) for a in addrs], 3600)
+        store.add_addrs(_libp2p_id(peer), [parse_addr(a) for a in addrs], 3600)
 
     async def disconnect(self, peer: PeerId) -> None:
         try:
-            await self._host.disconnect(ID.from_base58(peer))
+            await self._host.disconnect(_libp2p_id(peer))
         except Exception:
             log.debug("disconnect %s failed", peer, exc_info=True)
 
@@ -259,19 +273,17 @@ class Host:
         return [PeerId(p.to_base58()) for p in self._host.get_network().connections]
 
     def is_connected(self, peer: PeerId) -> bool:
-        return ID.from_base58(peer) in self._host.get_network().connections
+        return _libp2p_id(peer) in self._host.get_network().connections
 
     def peer_addrs(self, peer: PeerId) -> list[str]:
         try:
-            return [str(a) for a in self._host.get_peerstore().addrs(ID.from_base58(peer))]
+            return [str(a) for a in self._host.get_peerstore().addrs(_libp2p_id(peer))]
         except Exception:
             return []
 
     async def open_stream(self, peer: PeerId, protocols: Sequence[str]) -> Stream:
         try:
-            raw = await self._host.new_stream(
-                ID.from_base58(peer), [TProtocol(p) for p in protocols]
-            )
+            raw = await self._host.new_stream(_libp2p_id(peer), [TProtocol(p) for p in protocols])
         except Exception as exc:
             if isinstance(exc, trio.Cancelled):
                 raise

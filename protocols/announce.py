@@ -152,6 +152,7 @@ class Announcer:
         self._queue: dict[CID, None] = {}
         self._wake = trio.Event()
         self.sent_batches = 0
+        self.first_full = trio.Event()  # set once the pins held at start are queued
 
     def announce(self, cid: CID) -> None:
         self._queue[cid] = None
@@ -168,6 +169,7 @@ class Announcer:
                 for cid in self._pinned():
                     self._queue[cid] = None
                 next_full = trio.current_time() + self.ttl / 2
+                self.first_full.set()
             await self.flush()
             await trio.sleep(self.interval)  # rate limit: one batch per interval
 

@@ -36,6 +36,9 @@ from store.blockstore import BlockStore
 log = logging.getLogger(__name__)
 
 
+RANKINGS_CACHED = 50_000  # CIDs whose ranking a replicator keeps
+
+
 @dataclass(frozen=True)
 class ReplicationConfig:
     replicas: int = placement.DEFAULT_REPLICAS
@@ -43,6 +46,7 @@ class ReplicationConfig:
     max_concurrent: int = 2  # repair fetches at once
     max_per_round: int = 32  # CIDs pulled per round at most
     fetch_timeout: float = 300.0  # one CID, pulled or replicated
+    owner_slack: int = 3  # a node ranked below replicas + this for a CID leaves it alone
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -101,6 +105,15 @@ class Replicator:
         self.round_done = trio.Event()  # set after every round (tests wait on it)
         self._wake = trio.Event()
         self._members_seen: set[bytes] = set()
+        # rankings of the current membership: a round re-ranks every CID it knows,
+        # 200 sha256 each at 200 members, every round on every node
+        self._ranked_among: list[bytes] = []
+        self._rankings: dict[CID, list[bytes]] = {}
+
+    @property
+    def members_seen(self) -> int:
+        """Staked content nodes the last round knew of."""
+        return len(self._members_seen)
 
     def poke(self) -> None:
         """Run a round now (a registry change, a peer lost)."""
@@ -122,44 +135,73 @@ class Replicator:
     # -- placement as this node sees it ---------------------------------------
 
     async def view(
-        self, cids: Iterable[CID]
+        self, cids: Iterable[CID], *, everyone: bool = False
     ) -> tuple[list[bytes], set[bytes], dict[CID, list[bytes]]]:
-        """(members, live members, each CID's ranking), as far as ``cids`` need to know.
+        """(members, live members, each deciding CID's ranking), as far as ``cids``
+        need to know.
 
-        Only the members that rank, for one of ``cids``, at or above its R-th
-        connected member are dialed (if not connected) or probed (if
-        connected): theirs is the liveness that decides ownership. No full mesh:
-        a node talks to the owners of what it holds, not to every member.
+        Liveness is only checked where it decides something for this node:
+        for a CID it holds, the ranking from the top down to its R-th live
+        member (are R owners there, so this copy may go?); for a CID it does not
+        hold, only the members ranked above it (is this node an owner?), and
+        only if it ranks within ``replicas + owner_slack``: a node lower down
+        would need that many owners dead at once, and leaves it to those
+        ranked above. Members are checked in rounds, each assumed live until
+        checked, so a round dials about R members per CID and the next one
+        only replaces those that failed. Before this, every node that heard
+        of a CID dialed down its ranking to the R-th member it was already
+        connected to: at 200 nodes, everyone dialing the same owners and
+        half the ranking besides, which stalled the 200-node simnet. CIDs
+        outside the bound get no ranking in the result (``everyone``: rank
+        and decide every CID).
         """
         members = await self.host.oracle.content_nodes()
-        me_peer = self.host.peer_id
-        me = self.host.peer_bytes(me_peer)
+        me = self.host.peer_bytes(self.host.peer_id)
         raw = [self.host.peer_bytes(p) for p in members]
-        connected = {
-            b
-            for b, p in zip(raw, members, strict=True)
-            if p == me_peer or self.host.is_connected(p)
-        }
-        deciding: set[bytes] = set()
+        bound = self.config.replicas + self.config.owner_slack
         rankings: dict[CID, list[bytes]] = {}
+        held: set[CID] = set()
+        if raw != self._ranked_among:  # the membership changed: every ranking may have
+            self._ranked_among = raw
+            self._rankings.clear()
         for cid in cids:
-            found = 0
-            rankings[cid] = placement.ranking(cid, raw)
-            for peer in rankings[cid]:
-                if peer != me:
-                    deciding.add(peer)
-                if peer in connected:
-                    found += 1
-                    if found == self.config.replicas:
-                        break
-        reached = await self.host.reach([self.host.peer_of_bytes(p) for p in deciding])
-        live = {self.host.peer_bytes(p) for p in reached}
-        if me in raw:
-            live.add(me)
-        return raw, live, rankings
+            ranked = self._rankings.get(cid)
+            if ranked is None:
+                if len(self._rankings) >= RANKINGS_CACHED:
+                    self._rankings.clear()
+                ranked = self._rankings[cid] = placement.ranking(cid, raw)
+            if self.host.store.is_pinned(cid):
+                held.add(cid)
+            elif not everyone and me in ranked[bound:]:
+                continue
+            rankings[cid] = ranked
+        # Walk each ranking, counting members not yet checked as live; check
+        # (reach) those, and walk again past the ones that turned out dead.
+        # A connected member is only probed (cheap); only as many members as
+        # ownership needs are dialed.
+        live = {me} if me in raw else set()
+        checked = {me}
+        while True:
+            deciding: set[bytes] = set()
+            for cid, ranked in rankings.items():
+                found = 0
+                for peer in ranked:
+                    if peer == me and cid not in held:
+                        break  # below this node nobody decides whether it owns the CID
+                    if peer not in checked:
+                        deciding.add(peer)
+                    if peer in live or peer not in checked:
+                        found += 1
+                        if found == self.config.replicas:
+                            break
+            if not deciding:
+                return raw, live, rankings
+            reached = await self.host.reach([self.host.peer_of_bytes(p) for p in deciding])
+            checked |= deciding
+            live |= {self.host.peer_bytes(p) for p in reached}
 
     async def owners_of(self, cid: CID) -> list[PeerId]:
-        _, live, rankings = await self.view([cid])
+        _, live, rankings = await self.view([cid], everyone=True)
         chosen = placement.first_live(rankings[cid], self.config.replicas, live=live.__contains__)
         return [self.host.peer_of_bytes(p) for p in chosen]
 
@@ -231,6 +273,8 @@ class Replicator:
         want: list[tuple[CID, list[PeerId]]] = []
         drop: list[CID] = []
         for cid in known:
+            if cid not in rankings:
+                continue  # ranked too low to be an owner, and not held here
             owners = placement.first_live(
                 rankings[cid], self.config.replicas, live=live.__contains__
             )

@@ -18,6 +18,7 @@ from p2p.keys import NodeKey
 from protocols import placement
 from protocols.cid import CID, RAW
 from protocols.errors import ProtocolError
+from protocols.replication import ReplicationConfig, Replicator
 from protocols.unixfs import import_bytes
 from tests.conftest import chunks
 
@@ -54,6 +55,83 @@ def test_dead_owners_are_replaced_by_the_next_in_the_ranking(
     dead = set(data.draw(st.lists(st.sampled_from(peers), unique=True)))
     owners = placement.owners(cid, peers, R, live=lambda p: p not in dead)
     assert owners == [p for p in placement.ranking(cid, peers) if p not in dead][:R]
+
+
+# -- whom a replicator dials: pure logic over a recording host -----------------
+
+
+class DialLog:
+    """A ReplicaHost for Replicator.view: members are byte strings, nobody is
+    connected at first, ``dead`` never answers; every reach() is recorded."""
+
+    def __init__(
+        self, members: list[bytes], me: bytes, pinned: set[CID], dead: frozenset[bytes]
+    ) -> None:
+        self.peer_id = me.hex()
+        self.members = members
+        self.pinned = pinned
+        self.dead = dead
+        self.reached: list[set[bytes]] = []
+        self.store = self  # is_pinned
+        self.oracle = self  # content_nodes
+
+    def is_pinned(self, cid: CID) -> bool:
+        return cid in self.pinned
+
+    async def content_nodes(self) -> list[str]:
+        return [m.hex() for m in self.members]
+
+    def peer_bytes(self, peer: str) -> bytes:
+        return bytes.fromhex(peer)
+
+    def peer_of_bytes(self, raw: bytes) -> str:
+        return raw.hex()
+
+    async def reach(self, peers: Sequence[str]) -> set[str]:
+        self.reached.append({bytes.fromhex(p) for p in peers})
+        return {p for p in peers if bytes.fromhex(p) not in self.dead}
+
+
+MEMBERS = [i.to_bytes(4, "big") for i in range(200)]
+A_CID = CID.for_block(RAW, b"a track")
+RANKED = placement.ranking(A_CID, MEMBERS)
+
+
+async def _view(
+    me: bytes, *, pinned: bool, dead: frozenset[bytes] = frozenset()
+) -> tuple[DialLog, set[bytes], bool]:
+    host = DialLog(MEMBERS, me, {A_CID} if pinned else set(), dead)
+    replicator = Replicator(host, ReplicationConfig(replicas=R))  # type: ignore[arg-type]
+    _, live, rankings = await replicator.view([A_CID])
+    return host, live, A_CID in rankings
+
+
+async def test_a_node_ranked_low_for_a_cid_it_does_not_hold_dials_nobody() -> None:
+    host, _, decided = await _view(RANKED[150], pinned=False)
+    assert host.reached == [] and not decided
+
+
+async def test_a_candidate_owner_checks_only_the_members_ranked_above_it() -> None:
+    host, live, decided = await _view(RANKED[4], pinned=False)
+    assert decided and host.reached == [set(RANKED[:3])]
+    assert placement.first_live(RANKED, R, live=live.__contains__) == RANKED[:3]
+    host, live, _ = await _view(RANKED[4], pinned=False, dead=frozenset({RANKED[0], RANKED[2]}))
+    assert host.reached == [set(RANKED[:3]), {RANKED[3]}]
+    assert placement.first_live(RANKED, R, live=live.__contains__) == [
+        RANKED[1],
+        RANKED[3],
+        RANKED[4],
+    ]
+
+
+async def test_a_holder_dials_about_r_members_and_replaces_only_the_dead() -> None:
+    host, live, _ = await _view(RANKED[120], pinned=True, dead=frozenset({RANKED[1]}))
+    assert host.reached == [set(RANKED[:3]), {RANKED[3]}]
+    assert placement.first_live(RANKED, R, live=live.__contains__) == [
+        RANKED[0],
+        RANKED[2],
+        RANKED[3],
+    ]
 
 
 # -- real nodes ------------------------------------------------------------------

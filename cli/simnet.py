@@ -158,8 +158,10 @@ def compare_cmd(
     b: Annotated[Path, typer.Argument(help="Run directory (or metrics.json) B.")],
     all_rows: Annotated[bool, typer.Option("--all", help="Show unchanged metrics too.")] = False,
 ) -> None:
-    """Print the differences of every metric between runs A and B."""
-    from simnet.report import compare, load_metrics
+    """Print the differences of every metric between runs A and B, and whether
+    their outcomes (uploads, fetches, deliveries, events: what happened, not
+    when) are the same: two runs of one seed should print "identical"."""
+    from simnet.report import compare, load_metrics, outcome_differences
 
     try:
         ma, mb = load_metrics(a), load_metrics(b)
@@ -178,6 +180,10 @@ def compare_cmd(
     out.print(table)
     if not shown:
         out.print("no differences")
+    differences = outcome_differences(ma, mb)
+    out.print("outcomes: " + ("identical" if not differences else "DIFFER"))
+    for line in differences:
+        out.print(f"  {line}", markup=False)
 
 
 def _num(value: Any) -> str:

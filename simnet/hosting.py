@@ -142,7 +142,7 @@ class NodeHost:
         self.scopes: dict[str, trio.CancelScope] = {}
         self.byzantine: dict[str, ByzantineProvider] = {}
         self.flooded: dict[str, int] = {}
-        self.published: list[list[Any]] = []  # [msg id, origin, t, n roots]
+        self.published: list[list[Any]] = []  # [msg id, origin, t, [root CIDs]]
         self.received: list[list[Any]] = []  # [msg id, origin, receiver, t, accepted]
         self._nursery: trio.Nursery | None = None
         self._client: Client | None = None
@@ -235,7 +235,7 @@ class NodeHost:
         async def recording(topic: str, data: bytes) -> None:
             ann = announce.decode(data)
             self.published.append(
-                [simlinks.message_id(data), node.peer_id, self.clock(), len(ann.roots)]
+                [simlinks.message_id(data), node.peer_id, self.clock(), [str(r) for r in ann.roots]]
             )
             await publish(topic, data)
 
@@ -367,12 +367,18 @@ class NodeHost:
         return out
 
     async def op_members(self) -> dict[str, int]:
-        """How many staked content nodes each live node's oracle sees now."""
+        """How many staked content nodes each live node sees now: its oracle, and
+        its replicator's last round (a round that finds new members makes the
+        node re-announce its pins; the schedule starts after those rounds, so
+        runs of one seed do not differ by when they happened)."""
         out = {}
         for name, node in self.nodes.items():
             if self.planned[name].role == "sybil":
                 continue
-            out[name] = len(await node.oracle.content_nodes())
+            seen = len(await node.oracle.content_nodes())
+            if node.replicator.members_seen < seen:
+                node.replicator.poke()
+            out[name] = min(seen, node.replicator.members_seen)
         return out
 
     async def op_records(self) -> dict[str, Any]:

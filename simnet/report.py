@@ -78,7 +78,10 @@ def metrics(raw: dict[str, Any]) -> dict[str, Any]:
     ratios: list[float] = []
     expected_total = delivered_total = 0
     honest_msgs = []
-    for mid, origin, t_pub, _roots in rec["published"]:
+    deliveries: list[str] = []  # "origin root receiver", expected and delivered
+    missed: list[str] = []  # the same, expected and not delivered
+    name_of = {n["peer"]: n["name"] for n in raw["nodes"]}
+    for mid, origin, t_pub, roots in rec["published"]:
         if origin in sybils:
             continue
         honest_msgs.append(mid)
@@ -93,9 +96,13 @@ def metrics(raw: dict[str, Any]) -> dict[str, Any]:
         got = 0
         for n in expected:
             t_recv = first_ok.get((mid, n["peer"]))
+            pairs = [f"{name_of.get(origin, origin)} {r} {n['name']}" for r in roots]
             if t_recv is not None:
                 got += 1
                 latencies.append(max(0.0, t_recv - t_pub))
+                deliveries += pairs
+            else:
+                missed += pairs
         expected_total += len(expected)
         delivered_total += got
         if expected:
@@ -233,10 +240,21 @@ def metrics(raw: dict[str, Any]) -> dict[str, Any]:
         "every_byzantine_block_rejected": corrupt_accepted == 0,
         "no_announcement_after_unstake": summary["unstaked"]["accepted_after_unstake"] == 0,
     }
+    # What happened, without when: equal for two runs of one seed on a healthy
+    # machine (timings differ; these must not)
+    outcomes = {
+        "uploads": {str(u["index"]): u.get("cid") if u.get("ok") else None for u in uploads},
+        "fetches": {str(f["index"]): bool(f.get("ok")) for f in fetches},
+        "retrievable": {str(f["upload"]): bool(f.get("ok")) for f in final},
+        "events": [f"{e['op']} {e.get('node', '')}".strip() for e in raw["events"]],
+        "deliveries": sorted(set(deliveries)),
+        "missed": sorted(set(missed)),
+    }
     return {
         "scenario": raw["scenario"],
         "summary": summary,
         "checks": checks,
+        "outcomes": outcomes,
         "per_node": per_node,
         "series": {
             "latency_ms": sorted(x * 1000 for x in latencies),
@@ -431,6 +449,29 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any, s
     return rows
 
 
+def outcome_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """How two runs' outcomes (metrics()["outcomes"]) differ: one line each."""
+    oa, ob = a.get("outcomes"), b.get("outcomes")
+    if oa is None or ob is None:
+        return ["a run has no outcomes recorded (made before they were)"]
+    out = []
+    for key in sorted(set(oa) | set(ob)):
+        va, vb = oa.get(key), ob.get(key)
+        if va == vb:
+            continue
+        if isinstance(va, list) and isinstance(vb, list):
+            only_a, only_b = sorted(set(va) - set(vb)), sorted(set(vb) - set(va))
+            out.append(
+                f"{key}: {len(only_a)} only in A {only_a[:3]}, {len(only_b)} only in B {only_b[:3]}"
+            )
+        elif isinstance(va, dict) and isinstance(vb, dict):
+            keys = sorted(k for k in set(va) | set(vb) if va.get(k) != vb.get(k))
+            out.append(f"{key}: differ at {', '.join(keys[:8])}")
+        else:
+            out.append(f"{key}: {va!r} vs {vb!r}")
+    return out
+
+
 def load_metrics(path: Path) -> dict[str, Any]:
     """A run directory (its metrics.json) or a metrics.json file."""
     target = path / "metrics.json" if path.is_dir() else path
@@ -438,4 +479,11 @@ def load_metrics(path: Path) -> dict[str, Any]:
     return data
 
 
-__all__ = ["compare", "flatten", "load_metrics", "metrics", "write_report"]
+__all__ = [
+    "compare",
+    "flatten",
+    "load_metrics",
+    "metrics",
+    "outcome_differences",
+    "write_report",
+]

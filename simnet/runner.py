@@ -555,7 +555,12 @@ async def run_scenario(
         staked = sum(1 for n in plan.nodes if n.initial and n.role != "sybil")
         await run.wait_members(staked, within=60 + 2 * len(plan.nodes))
         run.setup_seconds = time.perf_counter() - wall0
-        run.t0 = time.time()
+        # the schedule's clock starts now: nodes started during set-up started
+        # before it (a delivery counts as expected from a node alive then)
+        shift = time.time() - run.t0
+        run.t0 += shift
+        for span in run.alive.values():
+            span[0] = (span[0] or 0.0) - shift
         run.phase = "running"
         async with trio.open_nursery() as background:
             background.start_soon(run.sampler)

@@ -87,9 +87,19 @@ async def _setup(
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
-    logging.getLogger().setLevel(logging.CRITICAL)
-    logging.getLogger("libp2p").setLevel(logging.CRITICAL)  # it does not propagate
+    # Quiet unless COLIVING_SIMNET_LOG names a level (e.g. WARNING): then this
+    # worker's and libp2p's records go to stderr (the coordinator's), tagged.
+    level = os.environ.get("COLIVING_SIMNET_LOG", "").upper() or None
+    logging.basicConfig(
+        level=level or logging.ERROR,
+        stream=sys.stderr,
+        format="%(asctime)s worker %(process)d %(name)s %(levelname)s: %(message)s",
+    )
+    logging.getLogger().setLevel(level or logging.CRITICAL)
+    libp2p_log = logging.getLogger("libp2p")  # it does not propagate
+    libp2p_log.setLevel(level or logging.CRITICAL)
+    if level:
+        libp2p_log.handlers = logging.getLogger().handlers
     protocol_out = os.dup(1)
     os.dup2(2, 1)  # anything printed by a library goes to stderr, not into the protocol
     sys.stdout = sys.stderr

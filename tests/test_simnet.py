@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
-from simnet.report import compare, metrics, write_report
+from simnet.report import compare, metrics, outcome_differences, write_report
 from simnet.runner import run_scenario
 from simnet.scenario import ScenarioError, load, loads, make_plan
 
@@ -187,6 +187,66 @@ async def test_mini_scenario_end_to_end(tmp_path: Path) -> None:
     assert planned == done
     # compare: a run against itself differs nowhere
     assert all(change in ("=", "") for _k, _a, _b, change in compare(m, metrics(raw)))
+
+
+TWICE = """\
+[scenario]
+name = "twice"
+seed = 23
+duration = 12.0
+settle = 4.0
+replicas = 2
+repair_interval = 0.5
+
+[chain]
+kind = "embedded"
+poll_interval = 0.2
+
+[[nodes]]
+group = "content"
+count = 5
+
+[links.default]
+latency_ms = 3.0
+jitter_ms = 2.0
+
+[workload]
+uploads = 2
+upload_rate = 2.0
+size = { dist = "uniform", min_kib = 100, max_kib = 400 }
+fetches = 4
+fetch_rate = 2.0
+start = 0.5
+fetch_timeout = 20.0
+
+[[events]]
+at = 11.0
+kind = "leave"
+count = 1
+"""
+
+
+@pytest.mark.slow
+async def test_same_seed_same_delivery_outcomes(tmp_path: Path) -> None:
+    """Two runs of one scenario and seed: the same uploads (CIDs), fetch results,
+    events and announcement deliveries (who learned of which root from whom);
+    only the timings differ. (The leave comes more than 5 s after the last
+    upload, so no announcement's expected receivers hinge on timing.)"""
+    path = tmp_path / "twice.toml"
+    path.write_text(TWICE)
+    runs = []
+    for run in ("a", "b"):
+        raw = await run_scenario(load(path), tmp_path / run)
+        runs.append(write_report(raw, tmp_path / run))
+    a, b = runs
+    assert all(a["outcomes"]["uploads"].values()), a["outcomes"]["uploads"]
+    assert a["outcomes"]["deliveries"] and not a["outcomes"]["missed"]
+    assert outcome_differences(a, b) == []
+    assert a["outcomes"] == b["outcomes"]
+    result = CliRunner().invoke(
+        app, ["simnet", "compare", str(tmp_path / "a"), str(tmp_path / "b")]
+    )
+    assert "outcomes: identical" in result.output, result.output
 
 
 def test_cli_reports_a_bad_scenario_and_compares(tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.transfer
 	$(BIN)/python -m bench.gateway
 	$(BIN)/python -m bench.availability
+	$(BIN)/python -m bench.gossip
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -94,7 +94,10 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=40)
     parser.add_argument("--announcements", type=int, default=20)
     parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle baseline")
+    parser.add_argument("--quick", action="store_true", help="8 nodes, 3 announcements")
     args = parser.parse_args()
+    if args.quick:
+        args.nodes, args.announcements, args.idle = 8, 3, 1.0
     trio.run(run, args.nodes, args.announcements, args.idle)
 
 

@@ -1,5 +1,5 @@
-"""The transfer and availability benchmarks run end to end (``--quick``) and print
-their figures.
+"""The transfer, availability and gossip benchmarks run end to end (``--quick``) and
+print their figures.
 
 A smoke run only: the figures are not judged here (timings on a shared CI
 machine mean nothing); ``make bench`` is where they are read.
@@ -63,3 +63,14 @@ def test_quick_availability_benchmark_prints_its_figures(tmp_path: Path) -> None
     assert re.search(r"rate-limited by design.*max_per_round = \d+.*max_concurrent = \d+", out), out
     assert re.search(rf"^machine: .*load average {NUMBER}/.* before, {NUMBER}/.* after", out, re.M)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_quick_gossip_benchmark_prints_its_figures(tmp_path: Path) -> None:
+    out = quick_run("bench.gossip", tmp_path, timeout=180)
+    assert re.search(rf"^baseline: idle CPU {NUMBER} ms per node-second$", out, re.M), out
+    assert re.search(
+        rf"^announcement: -?{NUMBER} ms CPU per node .*ratio.*: -?{NUMBER}\); {NUMBER} copies",
+        out,
+        re.M,
+    ), out

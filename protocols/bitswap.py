@@ -38,7 +38,7 @@ from protocols.bitswap_msg import BitswapMessage, Presence, WantEntry, WantType
 from protocols.cid import CID, DAG_PB
 from protocols.errors import DecodingError, NotFoundError
 from protocols.unixfs import Block, FileNode, decode_file_node
-from protocols.wire import FrameReader, frame
+from protocols.wire import FrameReader
 from store.blockstore import BlockStore
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ class Bitswap:
 
     async def send(self, peer: PeerId, message: BitswapMessage) -> None:
         """Send on our long-lived stream to ``peer``, reopening it once if it broke."""
-        data = frame(msg.encode(message))
+        data = msg.encode_frame(message)
         async with self._send_locks[peer]:
             for attempt in (1, 2):
                 stream = self._outbound.get(peer)

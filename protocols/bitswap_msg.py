@@ -27,8 +27,8 @@ Each message is one uvarint-length-prefixed protobuf frame::
 
 Bounds: a frame is at most MAX_MESSAGE bytes (4 MiB, as go and js use), a
 block at most unixfs.MAX_BLOCK_SIZE, a wantlist at most MAX_WANTS entries.
-A received block's CID is computed from its prefix and bytes, so a block can
-never be filed under a CID it does not hash to.
+A received block's CID is computed from its prefix and bytes (a HashedBlock),
+so a block can never be filed under a CID it does not hash to.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from protocols import pb
-from protocols.cid import CID, encode_uvarint
+from protocols.cid import CID, DAG_PB, encode_uvarint
 from protocols.errors import DecodingError
 from protocols.unixfs import MAX_BLOCK_SIZE, Block
 
@@ -146,7 +146,7 @@ def decode(data: bytes | memoryview) -> BitswapMessage:
         elif num == 2:
             raw = pb.expect_len(wire, value, "blocks")
             _check_block_size(len(raw))
-            blocks.append(Block(CID.for_block(0x70, raw), bytes(raw)))
+            blocks.append(Block.hashed(DAG_PB, bytes(raw)))
         elif num == 3:
             blocks.append(_decode_payload(pb.expect_len(wire, value, "payload")))
         elif num == 4:
@@ -226,7 +226,7 @@ def _decode_payload(body: memoryview) -> Block:
     if prefix is None or data is None:
         raise DecodingError("payload block without prefix or data")
     _check_block_size(len(data))
-    return Block(CID.from_prefix(bytes(prefix), data), bytes(data))
+    return Block.hashed(CID.codec_of_prefix(bytes(prefix)), bytes(data))
 
 
 def _decode_presence(body: memoryview) -> tuple[CID, Presence]:

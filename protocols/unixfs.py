@@ -37,6 +37,31 @@ class Block:
     cid: CID
     data: bytes
 
+    def __eq__(self, other: object) -> bool:
+        # a HashedBlock is the same block: only how it was made differs
+        if not isinstance(other, Block):
+            return NotImplemented
+        return self.cid == other.cid and self.data == other.data
+
+    @staticmethod
+    def hashed(codec: int, data: bytes) -> HashedBlock:
+        """A block whose CID is computed here from its bytes (see HashedBlock)."""
+        return HashedBlock(CID.for_block(codec, data), data)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class HashedBlock(Block):
+    """A block whose CID was computed from its (immutable) bytes in this process.
+
+    Made by :meth:`Block.hashed` (the importer, the Bitswap decoder): the
+    blockstore does not hash such a block a second time before writing it;
+    every other Block it checks.
+    """
+
+    def __post_init__(self) -> None:
+        if type(self.data) is not bytes:  # a mutable buffer could change after hashing
+            raise TypeError("a HashedBlock holds bytes")
+
 
 @dataclass(frozen=True, slots=True)
 class Link:
@@ -217,7 +242,7 @@ class FileImporter:
             level += 1
 
     def _add_leaf(self, chunk: bytes, out: list[Block]) -> None:
-        block = Block(CID.for_block(RAW, chunk), chunk)
+        block = Block.hashed(RAW, chunk)
         out.append(block)
         self._chunks += 1
         self._push(0, _Entry(block.cid, len(chunk), len(chunk)), out)
@@ -234,8 +259,9 @@ class FileImporter:
             self._levels.append([])
         data = encode_unixfs_file(sum(e.size for e in entries), (e.size for e in entries))
         node = encode_dag_pb((Link(e.cid, e.tsize) for e in entries), data)
-        cid = CID.for_block(DAG_PB, node)
-        out.append(Block(cid, node))
+        block = Block.hashed(DAG_PB, node)
+        cid = block.cid
+        out.append(block)
         tsize = len(node) + sum(e.tsize for e in entries)
         self._push(level + 1, _Entry(cid, sum(e.size for e in entries), tsize), out)
 

@@ -26,7 +26,6 @@ import time
 from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Protocol
 
 import trio
@@ -411,7 +410,9 @@ class Fetch:
     async def leaves(self) -> AsyncIterator[bytes]:
         """Leaf bytes in file order, each verified; stored as they arrive."""
         self.bs._fetches.add(self)
-        self._session = self.bs.store.begin_session(f"fetch {self.root}")
+        # The write session is begun with the first batch of blocks, not here: its
+        # synced write would sit on the first-byte path, and a fetch whose blocks
+        # are all stored already needs none.
         try:
             while self._pos < len(self._seq):
                 if self._error is not None:
@@ -456,8 +457,9 @@ class Fetch:
                 self._session = None
         finally:
             self.bs._fetches.discard(self)
-            if self._session is not None:
+            if self._pending_store:
                 self._flush_quietly()
+            if self._session is not None:
                 self.bs.store.end_session(self._session)
             with trio.CancelScope(shield=True):
                 await self._cancel_all()
@@ -479,15 +481,17 @@ class Fetch:
         if self._pending_store:
             batch = list(self._pending_store.values())
             self._pending_store = {}
-            await trio.to_thread.run_sync(
-                partial(self.bs.store.put_many, batch, session=self._session)
-            )
+            await trio.to_thread.run_sync(self._store, batch)
+
+    def _store(self, batch: Sequence[Block]) -> None:
+        if self._session is None:
+            self._session = self.bs.store.begin_session(f"fetch {self.root}")
+        self.bs.store.put_many(batch, session=self._session)
 
     def _flush_quietly(self) -> None:
         try:
-            if self._pending_store:
-                self.bs.store.put_many(self._pending_store.values(), session=self._session)
-                self._pending_store = {}
+            self._store(list(self._pending_store.values()))
+            self._pending_store = {}
         except Exception:
             log.debug("could not store the last blocks of %s", self.root, exc_info=True)
 

@@ -126,6 +126,10 @@ class Bitswap:
         if peer in self.banned:
             await stream.reset()
             return
+        if peer not in self._outbound and self._nursery is not None:
+            # Our replies go on a stream of our own: open it while the peer's
+            # first wants are still on their way, not after they arrive.
+            self._nursery.start_soon(self._open_outbound, peer)
         reader = FrameReader(stream)
         try:
             while True:
@@ -225,6 +229,20 @@ class Bitswap:
         return BitswapMessage(blocks=tuple(blocks), presences=tuple(presences))
 
     # -- outbound ---------------------------------------------------------
+
+    async def _open_outbound(self, peer: PeerId) -> None:
+        async with self._send_locks[peer]:
+            if peer in self._outbound or peer in self.banned:
+                return
+            try:
+                stream = await self.network.open_stream(peer, msg.PROTOCOLS)
+            except StreamError as exc:
+                log.debug("no bitswap stream to %s yet: %s", peer, exc)
+                return  # send() tries again when there is something to send
+            if peer in self.banned:
+                await stream.reset()
+                return
+            self._outbound[peer] = stream
 
     async def send(self, peer: PeerId, message: BitswapMessage) -> None:
         """Send on our long-lived stream to ``peer``, reopening it once if it broke."""

@@ -363,10 +363,11 @@ class Fetch:
             return
         self.blocks_from[peer] += 1
         self._pending_store[block.cid] = block
-        if block.cid.codec == DAG_PB:
-            self._expand(block.cid, block.data)
-        else:
-            self._arrived[block.cid] = block.data
+        # An inner node is decoded by the walk when it needs its children
+        # (leaves() at the node, _request_more() looking ahead), not here: the
+        # siblings that arrive with the first inner node would otherwise be
+        # decoded before the first leaf is even asked for.
+        self._arrived[block.cid] = block.data
         self._wake.set()
 
     def on_presence(self, peer: PeerId, cid: CID, presence: Presence) -> None:
@@ -441,9 +442,9 @@ class Fetch:
                     data = self._pending_store[cid].data
                 if data is None:
                     data = self.bs.store.get(cid)
-                    if data is not None and cid.codec == DAG_PB:
-                        self._expand(cid, data)
-                        continue
+                if data is not None and cid.codec == DAG_PB:
+                    self._expand(cid, data)
+                    continue
                 if data is None:
                     await self._request_more()
                     await self._wait()
@@ -535,11 +536,19 @@ class Fetch:
         batches: defaultdict[PeerId, list[WantEntry]] = defaultdict(list)
         budget = cfg.window - len(self._inflight)
         now = time.monotonic()
-        end = min(len(self._seq), self._pos + cfg.window * 2)
         needed = False
-        for cid in self._seq[self._pos : end]:
-            if budget <= 0:
-                break
+        i = self._pos
+        while budget > 0 and i < min(len(self._seq), self._pos + cfg.window * 2):
+            cid = self._seq[i]
+            i += 1
+            if cid.codec == DAG_PB and cid in self._arrived:
+                # an inner node within the lookahead: its children are what to ask for
+                self._expand(cid, self._arrived.pop(cid))
+                if self._error is not None:
+                    self._wake.set()  # leaves() raises it
+                    return
+                i -= 1
+                continue
             if cid in self._inflight or cid in self._arrived or self.bs.store.has(cid):
                 continue  # (a stored block is read by leaves(): no provider needed)
             needed = True

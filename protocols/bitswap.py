@@ -26,7 +26,6 @@ import time
 from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Protocol
 
 import trio
@@ -38,7 +37,7 @@ from protocols.bitswap_msg import BitswapMessage, Presence, WantEntry, WantType
 from protocols.cid import CID, DAG_PB
 from protocols.errors import DecodingError, NotFoundError
 from protocols.unixfs import Block, FileNode, decode_file_node
-from protocols.wire import FrameReader, frame
+from protocols.wire import FrameReader
 from store.blockstore import BlockStore
 
 log = logging.getLogger(__name__)
@@ -127,6 +126,10 @@ class Bitswap:
         if peer in self.banned:
             await stream.reset()
             return
+        if peer not in self._outbound and self._nursery is not None:
+            # Our replies go on a stream of our own: open it while the peer's
+            # first wants are still on their way, not after they arrive.
+            self._nursery.start_soon(self._open_outbound, peer)
         reader = FrameReader(stream)
         try:
             while True:
@@ -227,9 +230,23 @@ class Bitswap:
 
     # -- outbound ---------------------------------------------------------
 
+    async def _open_outbound(self, peer: PeerId) -> None:
+        async with self._send_locks[peer]:
+            if peer in self._outbound or peer in self.banned:
+                return
+            try:
+                stream = await self.network.open_stream(peer, msg.PROTOCOLS)
+            except StreamError as exc:
+                log.debug("no bitswap stream to %s yet: %s", peer, exc)
+                return  # send() tries again when there is something to send
+            if peer in self.banned:
+                await stream.reset()
+                return
+            self._outbound[peer] = stream
+
     async def send(self, peer: PeerId, message: BitswapMessage) -> None:
         """Send on our long-lived stream to ``peer``, reopening it once if it broke."""
-        data = frame(msg.encode(message))
+        data = msg.encode_frame(message)
         async with self._send_locks[peer]:
             for attempt in (1, 2):
                 stream = self._outbound.get(peer)
@@ -346,10 +363,11 @@ class Fetch:
             return
         self.blocks_from[peer] += 1
         self._pending_store[block.cid] = block
-        if block.cid.codec == DAG_PB:
-            self._expand(block.cid, block.data)
-        else:
-            self._arrived[block.cid] = block.data
+        # An inner node is decoded by the walk when it needs its children
+        # (leaves() at the node, _request_more() looking ahead), not here: the
+        # siblings that arrive with the first inner node would otherwise be
+        # decoded before the first leaf is even asked for.
+        self._arrived[block.cid] = block.data
         self._wake.set()
 
     def on_presence(self, peer: PeerId, cid: CID, presence: Presence) -> None:
@@ -411,7 +429,9 @@ class Fetch:
     async def leaves(self) -> AsyncIterator[bytes]:
         """Leaf bytes in file order, each verified; stored as they arrive."""
         self.bs._fetches.add(self)
-        self._session = self.bs.store.begin_session(f"fetch {self.root}")
+        # The write session is begun with the first batch of blocks, not here: its
+        # synced write would sit on the first-byte path, and a fetch whose blocks
+        # are all stored already needs none.
         try:
             while self._pos < len(self._seq):
                 if self._error is not None:
@@ -422,9 +442,9 @@ class Fetch:
                     data = self._pending_store[cid].data
                 if data is None:
                     data = self.bs.store.get(cid)
-                    if data is not None and cid.codec == DAG_PB:
-                        self._expand(cid, data)
-                        continue
+                if data is not None and cid.codec == DAG_PB:
+                    self._expand(cid, data)
+                    continue
                 if data is None:
                     await self._request_more()
                     await self._wait()
@@ -456,8 +476,9 @@ class Fetch:
                 self._session = None
         finally:
             self.bs._fetches.discard(self)
-            if self._session is not None:
+            if self._pending_store:
                 self._flush_quietly()
+            if self._session is not None:
                 self.bs.store.end_session(self._session)
             with trio.CancelScope(shield=True):
                 await self._cancel_all()
@@ -479,15 +500,17 @@ class Fetch:
         if self._pending_store:
             batch = list(self._pending_store.values())
             self._pending_store = {}
-            await trio.to_thread.run_sync(
-                partial(self.bs.store.put_many, batch, session=self._session)
-            )
+            await trio.to_thread.run_sync(self._store, batch)
+
+    def _store(self, batch: Sequence[Block]) -> None:
+        if self._session is None:
+            self._session = self.bs.store.begin_session(f"fetch {self.root}")
+        self.bs.store.put_many(batch, session=self._session)
 
     def _flush_quietly(self) -> None:
         try:
-            if self._pending_store:
-                self.bs.store.put_many(self._pending_store.values(), session=self._session)
-                self._pending_store = {}
+            self._store(list(self._pending_store.values()))
+            self._pending_store = {}
         except Exception:
             log.debug("could not store the last blocks of %s", self.root, exc_info=True)
 
@@ -513,11 +536,19 @@ class Fetch:
         batches: defaultdict[PeerId, list[WantEntry]] = defaultdict(list)
         budget = cfg.window - len(self._inflight)
         now = time.monotonic()
-        end = min(len(self._seq), self._pos + cfg.window * 2)
         needed = False
-        for cid in self._seq[self._pos : end]:
-            if budget <= 0:
-                break
+        i = self._pos
+        while budget > 0 and i < min(len(self._seq), self._pos + cfg.window * 2):
+            cid = self._seq[i]
+            i += 1
+            if cid.codec == DAG_PB and cid in self._arrived:
+                # an inner node within the lookahead: its children are what to ask for
+                self._expand(cid, self._arrived.pop(cid))
+                if self._error is not None:
+                    self._wake.set()  # leaves() raises it
+                    return
+                i -= 1
+                continue
             if cid in self._inflight or cid in self._arrived or self.bs.store.has(cid):
                 continue  # (a stored block is read by leaves(): no provider needed)
             needed = True

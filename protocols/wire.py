@@ -18,30 +18,44 @@ def frame(payload: bytes) -> bytes:
 
 
 class FrameReader:
-    """Buffered frame reader; reads the stream in large slices for throughput."""
+    """Buffered frame reader; reads the stream in large slices for throughput.
+
+    A frame that spans several reads is joined once, and the read that
+    completes it asks for no more than the frame still lacks, so a large
+    frame usually comes out of that one join with no further copy (a growing
+    bytearray would copy it twice and touch fresh pages as it grows).
+    """
 
     __slots__ = ("_buf", "_eof", "_pos", "stream")
 
     def __init__(self, stream: Stream) -> None:
         self.stream = stream
-        self._buf = bytearray()
+        self._buf = b""
         self._pos = 0
         self._eof = False
 
     async def _fill(self, need: int) -> bool:
         """Ensure ``need`` unread bytes are buffered; False on clean EOF before any."""
-        while len(self._buf) - self._pos < need:
-            if self._eof:
-                return False
-            if self._pos:
-                del self._buf[: self._pos]
-                self._pos = 0
-            chunk = await self.stream.read(max(READ_CHUNK, need - len(self._buf)))
+        have = len(self._buf) - self._pos
+        if have >= need:
+            return True
+        if self._eof:
+            return False
+        parts: list[bytes | memoryview] = [memoryview(self._buf)[self._pos :]] if have else []
+        while have < need:
+            # the first read of a frame takes a big slice; the one that ends it, no more
+            chunk = await self.stream.read(need - have if have else max(READ_CHUNK, need))
             if not chunk:
                 self._eof = True
-                return len(self._buf) - self._pos >= need
-            self._buf += chunk
-        return True
+                break
+            parts.append(chunk)
+            have += len(chunk)
+        if len(parts) == 1 and isinstance(parts[0], bytes):
+            self._buf = parts[0]
+        else:
+            self._buf = b"".join(parts)
+        self._pos = 0
+        return have >= need
 
     async def read_frame(self, max_size: int) -> bytes | None:
         """The next frame, or None at a clean end of stream between frames."""
@@ -67,9 +81,11 @@ class FrameReader:
         return self._take(length)
 
     def _take(self, n: int) -> bytes:
-        # one copy out of the buffer (a bytearray slice would copy twice)
-        with memoryview(self._buf) as view:
-            out = bytes(view[self._pos : self._pos + n])
+        if self._pos == 0 and n == len(self._buf):
+            out = self._buf  # the buffer is exactly this frame: no copy
+            self._buf = b""
+            return out
+        out = self._buf[self._pos : self._pos + n]
         self._pos += n
         return out
 

@@ -12,7 +12,7 @@ import pytest
 from p2p.host import peer_id_bytes, peer_id_of_key
 from p2p.keys import NodeKey
 from protocols.cid import CID, DAG_PB, RAW
-from protocols.unixfs import Block, FileImporter, import_bytes
+from protocols.unixfs import Block, FileImporter, HashedBlock, import_bytes
 from store.blockstore import BlockStore, HashMismatchError, StoreError
 
 
@@ -202,3 +202,17 @@ def test_corrupt_pin_record_is_a_store_error_at_recovery(tmp_path: Path, record:
         store.begin_session("crash")
     with pytest.raises(StoreError, match="corrupt"):
         BlockStore.open(tmp_path / "s")
+
+
+def test_a_block_hashed_here_is_stored_without_a_second_hash(store: BlockStore) -> None:
+    # Block.hashed computes the CID from the bytes: the store trusts that one
+    # hash; a Block made any other way is hashed again, and refused if wrong.
+    good = Block.hashed(RAW, b"abc")
+    assert isinstance(good, HashedBlock)
+    assert good == Block(CID.for_block(RAW, b"abc"), b"abc")
+    assert store.put_many([good]) == [good.cid]
+    with pytest.raises(HashMismatchError):
+        store.put_many([Block(good.cid, b"abd")])
+    with pytest.raises(TypeError):
+        HashedBlock(good.cid, bytearray(b"abc"))  # type: ignore[arg-type]
+    assert store.get(good.cid) == b"abc"

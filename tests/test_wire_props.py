@@ -45,6 +45,8 @@ from protocols.unixfs import (
     FileImporter,
     FileNode,
     Link,
+    _decode_canonical,
+    _decode_file_node_generic,
     decode_file_node,
     encode_dag_pb,
     encode_unixfs_file,
@@ -455,6 +457,44 @@ def test_dag_pb_garbage(data: bytes) -> None:
     if node is not None:
         assert len(node.links) == len(node.blocksizes)
         assert node.filesize == len(node.data) + sum(node.blocksizes)
+
+
+@st.composite
+def canonical_nodes(draw: st.DrawFn) -> bytes:
+    """The importer's layout (empty names, no inline data): the fast decoder's input."""
+    sizes = draw(st.lists(st.integers(0, 2**40), max_size=8))
+    node_links = [Link(draw(cids), draw(st.integers(0, 2**63))) for _ in sizes]
+    return encode_dag_pb(node_links, encode_unixfs_file(sum(sizes), sizes))
+
+
+@PROPS
+@given(
+    st.one_of(
+        canonical_nodes(), mutated(canonical_nodes()), mutated(file_nodes().map(encode_file_node))
+    )
+)
+def test_dag_pb_fast_path_agrees_with_field_by_field(data: bytes) -> None:
+    # decode_file_node reads the importer's layout by a straight scan; on any
+    # input it must give what the field-by-field decoder gives, or fail as it does
+    try:
+        expected: FileNode | None = _decode_file_node_generic(data)
+    except DecodingError:
+        expected = None
+    if expected is None:
+        with pytest.raises(DecodingError):
+            decode_file_node(data)
+    else:
+        assert decode_file_node(data) == expected
+
+
+def test_dag_pb_fast_path_is_taken_for_importer_nodes() -> None:
+    importer = FileImporter(chunk_size=16, max_links=4)
+    blocks = importer.feed(bytes(range(256)) * 4)
+    blocks += importer.finish()[1]
+    inner = [b for b in blocks if b.cid.codec == DAG_PB]
+    assert inner
+    for block in inner:
+        assert _decode_canonical(block.data) == decode_file_node(block.data)
 
 
 @PROPS

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -81,6 +81,20 @@ class HostConfig:
     min_connections: int = 8
     low_watermark: int = 16
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+async def dial_each(
+    connect: Callable[[str], Awaitable[PeerId]], addrs: Sequence[str]
+) -> list[PeerId]:
+    """Dial each of ``addrs`` in turn; the peers reached (a failure is logged, not
+    raised). A host's bootstrap, real or in-memory."""
+    reached = []
+    for addr in addrs:
+        try:
+            reached.append(await connect(addr))
+        except DialError as exc:
+            log.warning("bootstrap peer %s unreachable: %s", addr, exc)
+    return reached
 
 
 async def _no_auto_dial() -> None:
@@ -330,13 +344,7 @@ class Host:
 
     async def dial_bootstrap(self) -> list[PeerId]:
         """Dial every bootstrap peer; an unreachable one is logged, not fatal."""
-        reached = []
-        for addr in self._bootstrap:
-            try:
-                reached.append(await self.connect(addr))
-            except DialError as exc:
-                log.warning("bootstrap peer %s unreachable: %s", addr, exc)
-        return reached
+        return await dial_each(self.connect, self._bootstrap)
 
     def addrs(self) -> list[str]:
         """Listen addresses with the /p2p/ suffix, ready to hand to another peer."""

@@ -64,7 +64,14 @@ from p2p.abc import (
     Validator,
 )
 from p2p.gossip import GossipConfig
-from p2p.host import AddressError, DialError, HostConfig, parse_addr, peer_id_of_key
+from p2p.host import (
+    AddressError,
+    DialError,
+    HostConfig,
+    dial_each,
+    parse_addr,
+    peer_id_of_key,
+)
 from p2p.keys import NodeKey, PeerId
 
 log = logging.getLogger(__name__)
@@ -385,13 +392,7 @@ class MemoryHost:
                 conn.close()
 
     async def dial_bootstrap(self) -> list[PeerId]:
-        reached = []
-        for addr in self.config.bootstrap:
-            try:
-                reached.append(await self.connect(addr))
-            except DialError as exc:
-                log.warning("bootstrap peer %s unreachable: %s", addr, exc)
-        return reached
+        return await dial_each(self.connect, self.config.bootstrap)
 
     def addrs(self) -> list[str]:
         return [f"{self.addr}/p2p/{self._peer_id}"]

@@ -407,11 +407,11 @@ class Node(_Peer):
         which dials everyone it has heard of: here only staked members, and only
         as many as the gossip mesh needs. Without a chain (an allowlist) the
         bootstrap peers are the whole topology."""
-        registered: dict[PeerId, list[str]] = getattr(self.oracle, "registered_addrs", {})
-        members = sorted(p for p in registered if p != self.peer_id)
         need = GOSSIP_DEGREE - len(self.host.connected_peers())
         if need <= 0:
             return []
+        registered: dict[PeerId, list[str]] = getattr(self.oracle, "registered_addrs", {})
+        members = sorted(p for p in registered if p != self.peer_id)
         now = trio.current_time()
         candidates = [
             p

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -135,7 +135,11 @@ class Replicator:
     # -- placement as this node sees it ---------------------------------------
 
     async def view(
-        self, cids: Iterable[CID], *, everyone: bool = False
+        self,
+        cids: Iterable[CID],
+        *,
+        everyone: bool = False,
+        held: Container[CID] | None = None,
     ) -> tuple[list[bytes], set[bytes], dict[CID, list[bytes]]]:
         """(members, live members, each deciding CID's ranking), as far as ``cids``
         need to know.
@@ -153,14 +157,16 @@ class Replicator:
         connected to: at 200 nodes, everyone dialing the same owners and
         half the ranking besides, which stalled the 200-node simnet. CIDs
         outside the bound get no ranking in the result (``everyone``: rank
-        and decide every CID).
+        and decide every CID). ``held``: the CIDs pinned here, if the caller
+        has them already (else the store is asked for each).
         """
         members = await self.host.oracle.content_nodes()
         me = self.host.peer_bytes(self.host.peer_id)
         raw = [self.host.peer_bytes(p) for p in members]
         bound = self.config.replicas + self.config.owner_slack
         rankings: dict[CID, list[bytes]] = {}
-        held: set[CID] = set()
+        holding: set[CID] = set()
+        is_held = held.__contains__ if held is not None else self.host.store.is_pinned
         if raw != self._ranked_among:  # the membership changed: every ranking may have
             self._ranked_among = raw
             self._rankings.clear()
@@ -170,8 +176,8 @@ class Replicator:
                 if len(self._rankings) >= RANKINGS_CACHED:
                     self._rankings.clear()
                 ranked = self._rankings[cid] = placement.ranking(cid, raw)
-            if self.host.store.is_pinned(cid):
-                held.add(cid)
+            if is_held(cid):
+                holding.add(cid)
             elif not everyone and me in ranked[bound:]:
                 continue
             rankings[cid] = ranked
@@ -186,7 +192,7 @@ class Replicator:
             for cid, ranked in rankings.items():
                 found = 0
                 for peer in ranked:
-                    if peer == me and cid not in held:
+                    if peer == me and cid not in holding:
                         break  # below this node nobody decides whether it owns the CID
                     if peer not in checked:
                         deciding.add(peer)
@@ -259,7 +265,7 @@ class Replicator:
         index = self.host.store.provided()
         pinned = {p.cid for p in self.host.store.pins()}
         known = set(index) | pinned
-        members, live, rankings = await self.view(known)
+        members, live, rankings = await self.view(known, held=pinned)
         joined = set(members) - self._members_seen
         if self._members_seen and joined:
             # A node that joins has an empty provider index: it learns what

@@ -60,6 +60,7 @@ def metrics(raw: dict[str, Any]) -> dict[str, Any]:
     t0 = raw["t0"]
     nodes = {n["name"]: n for n in raw["nodes"]}
     by_peer = {n["peer"]: n for n in raw["nodes"]}
+    name_of = {peer: n["name"] for peer, n in by_peer.items()}
     sybils = {n["peer"] for n in raw["nodes"] if n["role"] == "sybil"}
     byzantine = {n["peer"] for n in raw["nodes"] if n["role"] == "byzantine"}
     content = [n for n in raw["nodes"] if n["role"] == "content" and n["alive"]]
@@ -80,7 +81,6 @@ def metrics(raw: dict[str, Any]) -> dict[str, Any]:
     honest_msgs = []
     deliveries: list[str] = []  # "origin root receiver", expected and delivered
     missed: list[str] = []  # the same, expected and not delivered
-    name_of = {n["peer"]: n["name"] for n in raw["nodes"]}
     for mid, origin, t_pub, roots in rec["published"]:
         if origin in sybils:
             continue
@@ -264,7 +264,7 @@ def metrics(raw: dict[str, Any]) -> dict[str, Any]:
             "throughput_mbps": [t * 8 for t in throughput],
             "samples": samples,
         },
-        "_by_peer": {p: n["name"] for p, n in by_peer.items()},
+        "_by_peer": name_of,
     }
 
 

@@ -43,8 +43,10 @@ from libp2p.protocol_muxer.multiselect_client import (
     is_valid_handshake,
 )
 from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
+from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH as NOISE_MAX_PLAINTEXT
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 from libp2p.utils import encode_delim
 
@@ -133,6 +135,12 @@ async def _window_update_when_due(self: Any, *, bytes_read: int = 0) -> None:
 
 
 YamuxStream._auto_tune_and_send_window_update = _window_update_when_due  # type: ignore[method-assign]
+
+# A Yamux data frame (12-byte header + payload) that fits one Noise transport
+# message. py-libp2p's 64 KiB frames are 16 bytes too big for Noise's 65519-byte
+# plaintext, so each went out as two Noise messages (65519 + 17 bytes): twice
+# the encryptions, length reads and sends, and a receiver that joined the two.
+_yamux.MAX_MESSAGE_SIZE = NOISE_MAX_PLAINTEXT
 
 
 def parse_addr(text: str) -> multiaddr.Multiaddr:

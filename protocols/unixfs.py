@@ -14,6 +14,8 @@ message of a file node is Type (1) = File, filesize (3), then one blocksizes
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
@@ -124,36 +126,45 @@ def decode_file_node(block: bytes | memoryview) -> FileNode:
     return node if node is not None else _decode_file_node_generic(buf)
 
 
-_HASH_HEAD: Final = b"\x0a\x24\x01"  # PBLink.Hash (1, LEN), 36 bytes, CIDv1
-_SHA256_HEAD: Final = b"\x12\x20"  # multihash sha2-256, 32 bytes
-_NAME_TSIZE: Final = b"\x12\x00\x18"  # PBLink.Name (2, LEN) empty, then Tsize (3, VARINT)
+# One canonical link: PBLink field 1 (LEN 36: a CIDv1, raw or dag-pb, sha2-256),
+# field 2 empty (Name), field 3 (Tsize, a minimal uvarint); the byte after the
+# link's tag is its length. One blocksize: UnixFS field 4 (VARINT), minimal.
+_LINK: Final = re.compile(
+    rb"\x12([\x2a-\x7f])\x0a\x24\x01([\x55\x70])\x12\x20(.{32})\x12\x00\x18"
+    rb"((?:[\x80-\xff]{1,8}[\x01-\x7f])|[\x00-\x7f])",
+    re.DOTALL,
+)
+_BLOCKSIZE: Final = re.compile(rb"\x20((?:[\x80-\xff]{1,8}[\x01-\x7f])|[\x00-\x7f])")
+_HEAD: Final = re.compile(rb"\x08([\x00-\x7f])\x18((?:[\x80-\xff]{1,8}[\x01-\x7f])|[\x00-\x7f])")
+
+
+@functools.lru_cache(maxsize=4096)
+def _varint(raw: bytes) -> int:
+    """A uvarint the patterns above have already bounded (at most 9 bytes, minimal).
+
+    Cached: a file's links repeat one leaf size (and one Tsize) almost throughout."""
+    value = 0
+    for shift, byte in enumerate(raw):
+        value |= (byte & 0x7F) << (7 * shift)
+    return value
 
 
 def _decode_canonical(buf: bytes) -> FileNode | None:
-    """The canonical layout, or None for the generic decoder to handle."""
+    """The canonical layout, or None for the generic decoder to handle.
+
+    Links and blocksizes are found by two compiled patterns; each match must
+    start where the previous one ended, so a match inside a digest can never
+    stand in for a link (the layout would no longer be contiguous).
+    """
     links: list[Link] = []
-    end = len(buf)
     pos = 0
-    # Links: 0x12, one-byte length (a canonical link is 42-50 bytes), body
-    while pos + 2 <= end and buf[pos] == 0x12:
-        size = buf[pos + 1]
-        start = pos + 2
-        stop = start + size
-        if (
-            size < 42
-            or size >= 0x80
-            or stop > end
-            or not buf.startswith(_HASH_HEAD, start)
-            or buf[start + 3] not in (RAW, DAG_PB)
-            or not buf.startswith(_SHA256_HEAD, start + 4)
-            or not buf.startswith(_NAME_TSIZE, start + 38)
-        ):
-            return None
-        tsize, after = _read_uvarint(buf, start + 41, stop)
-        if after != stop:
-            return None
-        links.append(Link(CID(buf[start + 3], buf[start + 6 : start + 38]), tsize))
-        pos = stop
+    for m in _LINK.finditer(buf):
+        size, codec, digest, tsize = m.groups()
+        if m.start() != pos or size[0] != 41 + len(tsize):
+            break
+        links.append(Link(CID(codec[0], digest), _varint(tsize)))
+        pos = m.end()
+    end = len(buf)
     # Data: 0x0a, length, UnixFS message, and nothing after it
     if pos >= end or buf[pos] != 0x0A:
         return None
@@ -161,24 +172,20 @@ def _decode_canonical(buf: bytes) -> FileNode | None:
     if start < 0 or start + length != end:
         return None
     # UnixFS: Type (0x08), filesize (0x18), blocksizes (0x20 each); nothing else
-    if not buf.startswith(b"\x08", start) or start + 2 > end:
+    head = _HEAD.match(buf, start)
+    if head is None:
         return None
-    kind = buf[start + 1]
-    if kind >= 0x80:
-        return None
-    if not buf.startswith(b"\x18", start + 2):
-        return None
-    filesize, pos = _read_uvarint(buf, start + 3, end)
-    if pos < 0:
-        return None
+    kind = head.group(1)[0]
+    filesize = _varint(head.group(2))
     blocksizes: list[int] = []
-    while pos < end:
-        if buf[pos] != 0x20:
+    pos = head.end()
+    for m in _BLOCKSIZE.finditer(buf, pos):
+        if m.start() != pos:
             return None
-        size, pos = _read_uvarint(buf, pos + 1, end)
-        if pos < 0:
-            return None
-        blocksizes.append(size)
+        blocksizes.append(_varint(m.group(1)))
+        pos = m.end()
+    if pos != end:
+        return None
     return _file_node(links, kind, filesize, blocksizes, b"")
 
 

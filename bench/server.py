@@ -25,7 +25,7 @@ from pathlib import Path
 
 import trio
 
-from node import Node, NodeConfig
+from node import Node, NodeConfig, freeze_startup_heap
 from p2p.abc import Stream
 from p2p.host import Host, HostConfig
 from p2p.keys import NodeKey
@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+    freeze_startup_heap()
     if args.mode == "raw":
         trio.run(serve_raw)
     else:

@@ -42,7 +42,7 @@ from rich.progress import (
 )
 
 from bench.server import RAW_PROTOCOL
-from node import Client, Node, NodeConfig
+from node import Client, Node, NodeConfig, freeze_startup_heap
 from p2p.host import peer_id_bytes, peer_of_addr
 from p2p.keys import PeerId
 from protocols.cid import CID
@@ -341,6 +341,7 @@ def main(argv: list[str] | None = None) -> None:
 
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+    freeze_startup_heap()
 
     def echo(line: str) -> None:
         print(line, flush=True)

@@ -82,6 +82,10 @@ class HostConfig:
     # degree, owners, providers; see node.Node.keep_degree).
     min_connections: int = 8
     low_watermark: int = 16
+    # Identify on every new connection (both sides ask; see node.Client): a node
+    # learns a peer's listen addresses from it, which it hands out to others. A
+    # light client hands out nobody's and skips asking (it still answers).
+    identify: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -97,6 +101,10 @@ async def dial_each(
         except DialError as exc:
             log.warning("bootstrap peer %s unreachable: %s", addr, exc)
     return reached
+
+
+def _never(*_: object) -> bool:
+    return False
 
 
 async def _no_auto_dial() -> None:
@@ -315,8 +323,16 @@ class Host:
         )
         swarm: Any = self._host.get_network()
         swarm.auto_connector.maybe_connect = _no_auto_dial
+        if not self.config.identify:
+            # BasicHost asks this before each outbound Identify
+            cast(Any, self._host)._should_identify_peer = _never
         # a documented attribute of BasicHost: the client new_stream negotiates with
         cast(Any, self._host).multiselect_client = _PipelinedMultiselectClient()
+        # and the dialer's choice of security and muxer on a new connection: two
+        # round trips fewer on every dial
+        upgrader = swarm.upgrader
+        for chooser in (upgrader.security_multistream, upgrader.muxer_multistream):
+            chooser._selector.multiselect_client = _PipelinedMultiselectClient()
         self.peer_id = PeerId(self._host.get_id().to_base58())
         self.ready = trio.Event()
 

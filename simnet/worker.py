@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from node import freeze_startup_heap
 from simnet.hosting import NodeHost
 
 
@@ -103,6 +104,7 @@ def main() -> None:
     protocol_out = os.dup(1)
     os.dup2(2, 1)  # anything printed by a library goes to stderr, not into the protocol
     sys.stdout = sys.stderr
+    freeze_startup_heap()
 
     async def run() -> None:
         reader = trio.lowlevel.FdStream(os.dup(0))

@@ -13,6 +13,10 @@ class StreamError(Exception):
     """The stream or its connection failed (reset, closed, EOF mid-message)."""
 
 
+class StreamRefused(StreamError):
+    """The peer answered an optimistic open with "na": it does not speak the protocol."""
+
+
 class Stream(Protocol):
     """A bidirectional byte stream to one peer, for one protocol."""
 
@@ -82,7 +86,9 @@ class HostLike(Protocol):
 
     def peer_addrs(self, peer: PeerId) -> list[str]: ...
 
-    async def open_stream(self, peer: PeerId, protocols: Sequence[str]) -> Stream: ...
+    async def open_stream(
+        self, peer: PeerId, protocols: Sequence[str], *, optimistic: bool = False
+    ) -> Stream: ...
 
     def set_handler(self, protocol: str, handler: StreamHandler) -> None: ...
 

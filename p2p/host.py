@@ -15,6 +15,7 @@ Choices (measured, see ../shared/LIBP2P-NOTES.md and docs/decisions.md):
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -50,7 +51,7 @@ from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 from libp2p.utils import encode_delim
 
-from p2p.abc import Stream, StreamError, StreamHandler, TaskStatus
+from p2p.abc import Stream, StreamError, StreamHandler, StreamRefused, TaskStatus
 from p2p.keys import NodeKey, PeerId, eth_address_of
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,11 @@ class HostConfig:
     # learns a peer's listen addresses from it, which it hands out to others. A
     # light client hands out nobody's and skips asking (it still answers).
     identify: bool = True
+    # A peer that dialed us is asked to Identify this long after it connected,
+    # not at once: its first requests (a cold fetch's first wants) are then not
+    # queued behind the exchange (5-8 ms of a cold first byte, bench.transfer),
+    # and a client that leaves sooner is never asked. Peers we dial are asked at once.
+    identify_inbound_after: float = 0.25
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -101,6 +107,13 @@ async def dial_each(
         except DialError as exc:
             log.warning("bootstrap peer %s unreachable: %s", addr, exc)
     return reached
+
+
+# Set by Host.open_stream(optimistic=True) for the negotiation it runs (a context
+# variable: it follows that one call, whatever else runs concurrently).
+_optimistic: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "coliving_optimistic_select", default=False
+)
 
 
 def _never(*_: object) -> bool:
@@ -205,17 +218,36 @@ def peer_id_from_bytes(raw: bytes) -> PeerId:
 class _NetStream:
     """Adapts a libp2p INetStream to p2p.abc.Stream."""
 
-    __slots__ = ("_peer", "_stream")
+    __slots__ = ("_peer", "_stream", "_unconfirmed")
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, *, unconfirmed: str | None = None) -> None:
         self._stream = stream
         self._peer = PeerId(stream.muxed_conn.peer_id.to_base58())
+        # an optimistic open: the listener's answer to this protocol is still unread
+        self._unconfirmed = unconfirmed
 
     @property
     def remote_peer(self) -> PeerId:
         return self._peer
 
+    async def _confirm(self, protocol: str) -> None:
+        """Read the listener's answer to an optimistic open: its header, then the
+        protocol echoed back, or "na" (the peer refused it: StreamError)."""
+        self._unconfirmed = None
+        communicator = MultiselectCommunicator(self._stream)
+        try:
+            handshake = await communicator.read()
+            answer = await communicator.read()
+        except Exception as exc:
+            if isinstance(exc, trio.Cancelled):
+                raise
+            raise StreamError(f"{self._peer} never answered {protocol}: {exc}") from None
+        if not is_valid_handshake(handshake) or answer != protocol:
+            raise StreamRefused(f"{self._peer} refused {protocol} (answered {answer!r})")
+
     async def read(self, max_bytes: int) -> bytes:
+        if self._unconfirmed is not None:
+            await self._confirm(self._unconfirmed)
         try:
             return bytes(await self._stream.read(max_bytes))
         except EOFError:
@@ -276,6 +308,8 @@ class _PipelinedMultiselectClient(MultiselectClient):
                 )
             except Exception as exc:
                 raise MultiselectClientError(f"handshake write failed: {exc}") from exc
+            if _optimistic.get():
+                return first  # the answer is read by the stream's first read (_NetStream)
             try:
                 handshake = await communicator.read()
                 if not is_valid_handshake(handshake):
@@ -323,6 +357,8 @@ class Host:
         )
         swarm: Any = self._host.get_network()
         swarm.auto_connector.maybe_connect = _no_auto_dial
+        if self.config.identify_inbound_after > 0:
+            self._delay_inbound_identify(self.config.identify_inbound_after)
         if not self.config.identify:
             # BasicHost asks this before each outbound Identify
             cast(Any, self._host)._should_identify_peer = _never
@@ -335,6 +371,20 @@ class Host:
             chooser._selector.multiselect_client = _PipelinedMultiselectClient()
         self.peer_id = PeerId(self._host.get_id().to_base58())
         self.ready = trio.Event()
+
+    def _delay_inbound_identify(self, seconds: float) -> None:
+        # BasicHost runs each Identify through this method; "notifee-connected" is
+        # the reason it gives for a connection it did not dial (a dial schedules
+        # its own with reason "connect" first, so it is not delayed)
+        host: Any = self._host
+        identify = host._identify_task_entry
+
+        async def later(peer_id: Any, reason: str) -> None:
+            if reason == "notifee-connected":
+                await trio.sleep(seconds)
+            await identify(peer_id, reason)
+
+        host._identify_task_entry = later
 
     @property
     def libp2p_host(self) -> Any:
@@ -409,14 +459,27 @@ class Host:
         except Exception:
             return []
 
-    async def open_stream(self, peer: PeerId, protocols: Sequence[str]) -> Stream:
+    async def open_stream(
+        self, peer: PeerId, protocols: Sequence[str], *, optimistic: bool = False
+    ) -> Stream:
+        """A new stream to ``peer`` speaking the first of ``protocols`` it accepts.
+
+        ``optimistic``: propose only the first protocol and return at once, as
+        go-libp2p's lazy negotiation does; what is written next travels with the
+        proposal, which saves a round trip on a new stream. The listener's
+        answer is checked by the stream's first read, so a refusal shows up
+        there as StreamError. Use it when the peer is known to speak the protocol.
+        """
+        token = _optimistic.set(optimistic)
         try:
             raw = await self._host.new_stream(_libp2p_id(peer), [TProtocol(p) for p in protocols])
         except Exception as exc:
             if isinstance(exc, trio.Cancelled):
                 raise
             raise StreamError(f"open {protocols} to {peer}: {type(exc).__name__} {exc}") from None
-        return _NetStream(raw)
+        finally:
+            _optimistic.reset(token)
+        return _NetStream(raw, unconfirmed=str(raw.get_protocol()) if optimistic else None)
 
     def set_handler(self, protocol: str, handler: StreamHandler) -> None:
         async def adapter(raw: Any) -> None:
@@ -428,3 +491,7 @@ class Host:
                 await stream.reset()
 
         self._host.set_stream_handler(TProtocol(protocol), adapter)
+
+    def remove_handler(self, protocol: str) -> None:
+        """Stop speaking ``protocol``: new streams proposing it are answered "na"."""
+        self._host.remove_stream_handler(TProtocol(protocol))

@@ -470,7 +470,10 @@ class MemoryHost:
     def peer_addrs(self, peer: PeerId) -> list[str]:
         return list(self._peerstore.get(peer, ()))
 
-    async def open_stream(self, peer: PeerId, protocols: Sequence[str]) -> Stream:
+    async def open_stream(
+        self, peer: PeerId, protocols: Sequence[str], *, optimistic: bool = False
+    ) -> Stream:
+        # (optimistic is a round trip saved on a real wire; the model has none to save)
         conn = self._conns.get(peer)
         if conn is None:
             for addr in self.peer_addrs(peer):

@@ -21,6 +21,7 @@ CIDs to the others. The fetch fails only when no provider is left.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections import OrderedDict, defaultdict
@@ -30,7 +31,7 @@ from typing import Protocol
 
 import trio
 
-from p2p.abc import Stream, StreamError, StreamHandler, TaskStatus
+from p2p.abc import Stream, StreamError, StreamHandler, StreamRefused, TaskStatus
 from p2p.keys import PeerId
 from protocols import bitswap_msg as msg
 from protocols.bitswap_msg import BitswapMessage, Presence, WantEntry, WantType
@@ -46,7 +47,9 @@ log = logging.getLogger(__name__)
 class Network(Protocol):
     """What Bitswap needs of the host (p2p.host.Host satisfies it)."""
 
-    async def open_stream(self, peer: PeerId, protocols: Sequence[str]) -> Stream: ...
+    async def open_stream(
+        self, peer: PeerId, protocols: Sequence[str], *, optimistic: bool = False
+    ) -> Stream: ...
 
     def set_handler(self, protocol: str, handler: StreamHandler) -> None: ...
 
@@ -110,26 +113,29 @@ class Bitswap:
         self._received: defaultdict[PeerId, OrderedDict[CID, None]] = defaultdict(OrderedDict)
         self._nursery: trio.Nursery | None = None
         self.banned: dict[PeerId, str] = {}
+        # peers that refused an optimistic open: their streams are negotiated
+        self._negotiate_with: set[PeerId] = set()
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for proto in msg.PROTOCOLS:
-                self.network.set_handler(proto, self._handle_stream)
+                self.network.set_handler(proto, functools.partial(self._handle_stream, proto))
             task_status.started()
             await trio.sleep_forever()
 
     # -- inbound ----------------------------------------------------------
 
-    async def _handle_stream(self, stream: Stream) -> None:
+    async def _handle_stream(self, protocol: str, stream: Stream) -> None:
         peer = stream.remote_peer
         if peer in self.banned:
             await stream.reset()
             return
         if peer not in self._outbound and self._nursery is not None:
             # Our replies go on a stream of our own: open it while the peer's
-            # first wants are still on their way, not after they arrive.
-            self._nursery.start_soon(self._open_outbound, peer)
+            # first wants are still on their way, not after they arrive; in the
+            # protocol the peer just spoke, so without waiting for its answer.
+            self._nursery.start_soon(self._open_outbound, peer, protocol)
         reader = FrameReader(stream)
         try:
             while True:
@@ -230,12 +236,12 @@ class Bitswap:
 
     # -- outbound ---------------------------------------------------------
 
-    async def _open_outbound(self, peer: PeerId) -> None:
+    async def _open_outbound(self, peer: PeerId, protocol: str) -> None:
         async with self._send_locks[peer]:
             if peer in self._outbound or peer in self.banned:
                 return
             try:
-                stream = await self.network.open_stream(peer, msg.PROTOCOLS)
+                stream = await self._open(peer, [protocol])
             except StreamError as exc:
                 log.debug("no bitswap stream to %s yet: %s", peer, exc)
                 return  # send() tries again when there is something to send
@@ -244,6 +250,36 @@ class Bitswap:
                 return
             self._outbound[peer] = stream
 
+    async def _open(self, peer: PeerId, protocols: Sequence[str]) -> Stream:
+        """Our stream to ``peer``. Opened optimistically (the first message goes
+        with the proposal: a round trip less before a cold fetch's first want)
+        unless the peer once refused that; its answer is checked by a watcher."""
+        if peer in self._negotiate_with or self._nursery is None:
+            return await self.network.open_stream(peer, protocols)
+        stream = await self.network.open_stream(peer, protocols, optimistic=True)
+        self._nursery.start_soon(self._watch_outbound, peer, stream)
+        return stream
+
+    async def _watch_outbound(self, peer: PeerId, stream: Stream) -> None:
+        """Read the peer's answer on our optimistic stream, then wait for the
+        stream's end (a peer never writes on the stream we opened). A refusal
+        moves the peer to negotiated streams and asks again for what was asked."""
+        try:
+            await stream.read(1)
+        except StreamRefused as exc:
+            log.info("%s; negotiating with it from now on", exc)
+            self._negotiate_with.add(peer)
+            if self._outbound.get(peer) is stream:
+                del self._outbound[peer]
+            await stream.reset()
+            wanted = [cid for fetch in list(self._fetches) for cid in fetch.asked_of(peer)]
+            if wanted:
+                wants = tuple(WantEntry(c, WantType.BLOCK, send_dont_have=True) for c in wanted)
+                with contextlib.suppress(StreamError):
+                    await self.send(peer, BitswapMessage(wants=wants))
+        except StreamError:
+            pass  # the stream ended: send() opens another when there is something to send
+
     async def send(self, peer: PeerId, message: BitswapMessage) -> None:
         """Send on our long-lived stream to ``peer``, reopening it once if it broke."""
         data = msg.encode_frame(message)
@@ -251,7 +287,7 @@ class Bitswap:
             for attempt in (1, 2):
                 stream = self._outbound.get(peer)
                 if stream is None:
-                    stream = await self.network.open_stream(peer, msg.PROTOCOLS)
+                    stream = await self._open(peer, msg.PROTOCOLS)
                     self._outbound[peer] = stream
                 try:
                     await stream.write(data)
@@ -355,6 +391,10 @@ class Fetch:
 
     def asked(self, peer: PeerId, cid: CID) -> bool:
         return cid in self._asked.get(peer, ())
+
+    def asked_of(self, peer: PeerId) -> list[CID]:
+        """What this fetch asked ``peer`` for and has not had yet."""
+        return list(self._asked.get(peer, ()))
 
     def on_block(self, peer: PeerId, block: Block) -> None:
         self._asked[peer].discard(block.cid)

@@ -13,6 +13,7 @@ Every wait is on an event inside ``trio.fail_after``: handlers are wrapped
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import subprocess
 import sys
@@ -109,7 +110,8 @@ async def scene(tmp_path: Path, *, gossip: bool = False) -> AsyncIterator[Scene]
             s.gossip = Gossip(mallory)
             await nursery.start(s.gossip.run)
         for proto in msg.PROTOCOLS:
-            alice.host.set_handler(proto, s.bitswap.wrap(alice.bitswap._handle_stream))
+            handler = functools.partial(alice.bitswap._handle_stream, proto)
+            alice.host.set_handler(proto, s.bitswap.wrap(handler))
         alice.host.set_handler(upload.PROTOCOL, s.uploads.wrap(alice.uploads.handle))
         alice.host.set_handler(query.PROTOCOL, s.queries.wrap(alice._serve_query))
         with trio.fail_after(WAIT):

@@ -1,7 +1,7 @@
 """Transfer benchmark: raw stream vs Bitswap ``get``, across processes.
 
-``python -m bench.transfer [--size MIB] [--trials N] [--quick]`` (``make bench``)
-prints, in one run:
+``python -m bench.transfer [--size MIB] [--rounds N] [--trials N] [--quick]``
+(``make bench``) prints, in one run:
 
 (a) one py-libp2p stream (TCP + Noise + Yamux, our p2p.host.Host) from a
     server process to this one: the ceiling Bitswap runs on;
@@ -13,6 +13,14 @@ prints, in one run:
     three round trips by the DAG's shape), on an open connection (warm) and
     on a new one (cold: dial, Noise, Yamux, then the blocks); median of trials.
 
+(a), (b) and (c) are measured in ROUNDS interleaved rounds (a, b, c, a, b, c,
+...): on a shared machine the speed of the same work drifts by a third within
+minutes, and interleaving puts each ratio's two sides under the same drift.
+Each figure is the median over the rounds, each ratio the median of the
+rounds' own ratios. Beside each, the CPU time per MiB of this process (all
+its threads) and of the server processes: a transfer that is CPU-bound on
+one side shows it there, whatever the machine's speed that minute.
+
 MB is 10^6 bytes. Progress goes to stderr, figures to stdout.
 """
 
@@ -20,14 +28,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -169,6 +179,58 @@ async def running(peer: Node | Client) -> AsyncIterator[None]:
         nursery.cancel_scope.cancel()
 
 
+# -- CPU time ----------------------------------------------------------------------
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu(pid: int) -> float | None:
+    """Seconds of CPU (user + system, all threads) ``pid`` has used; None off Linux."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+@dataclass
+class Measured:
+    """One measurement: MB/s, and ms of CPU per MiB for this process and each server."""
+
+    mbps: float
+    client_ms: float
+    server_ms: list[float | None]
+
+
+async def measured(
+    work: Callable[[], Awaitable[float]], servers_: Sequence[Server], size: int
+) -> Measured:
+    """Run ``work`` (it returns MB/s); what it cost this process and ``servers_``."""
+    mib = size / MIB
+    before = [process_cpu(s.process.pid) for s in servers_]
+    cpu = time.process_time()
+    mbps = await work()
+    client_ms = (time.process_time() - cpu) / mib * 1000
+    after = [process_cpu(s.process.pid) for s in servers_]
+    server_ms = [
+        None if b is None or a is None else (a - b) / mib * 1000
+        for b, a in zip(before, after, strict=True)
+    ]
+    return Measured(mbps, client_ms, server_ms)
+
+
+def cpu_note(runs: Sequence[Measured]) -> str:
+    """Median CPU per MiB of the client and the servers over ``runs``."""
+    client = statistics.median(r.client_ms for r in runs)
+    parts = [f"this process {client:.1f}"]
+    for i in range(len(runs[0].server_ms)):
+        values = [v for r in runs if (v := r.server_ms[i]) is not None]
+        if values:
+            parts.append(f"server {i + 1} {statistics.median(values):.1f}")
+    return "CPU ms per MiB: " + ", ".join(parts)
+
+
 # -- (a) raw stream --------------------------------------------------------------
 
 
@@ -217,6 +279,20 @@ async def get_throughput(
             raise RuntimeError(f"{label}: fetched {fetch.bytes} of {size} bytes")
         shares = dict(fetch.blocks_from)
     return size / seconds / 1e6, shares
+
+
+async def get_mbps(
+    providers: Sequence[Server], size: int, data_dir: Path, label: str, shares: dict[PeerId, int]
+) -> float:
+    """get_throughput's MB/s; the blocks each provider sent go into ``shares``."""
+    mbps, got = await get_throughput(providers, size, data_dir, label)
+    shares.update(got)
+    return mbps
+
+
+def median_ratio(xs: Sequence[Measured], ys: Sequence[Measured]) -> float:
+    """The median of the rounds' own ratios x / y."""
+    return statistics.median(x.mbps / y.mbps for x, y in zip(xs, ys, strict=True))
 
 
 # -- (d) time to first byte --------------------------------------------------------
@@ -291,23 +367,53 @@ def machine(load_before: str) -> str:
     )
 
 
-async def run(size_mib: int, trials: int, echo: Callable[[str], None]) -> None:
+async def run(size_mib: int, rounds: int, trials: int, echo: Callable[[str], None]) -> None:
     size = size_mib * MIB
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="coliving-bench-") as tmp:
         base = Path(tmp)
         async with raw_and_providers(base, size_mib) as (raw, providers):
-            echo(f"file: {size_mib} MiB, root {providers[0].info['cid']}; MB = 10^6 bytes")
-            a = await raw_throughput(raw, size)
-            echo(f"(a) raw stream (TCP+Noise+Yamux, 2 processes): {a:.1f} MB/s")
-            b, _ = await get_throughput(providers[:1], size, base / "fetch1", "(b) get, 1 provider")
-            echo(f"(b) get from 1 provider: {b:.1f} MB/s  (b)/(a) = {b / a:.2f}")
-            c, shares = await get_throughput(providers, size, base / "fetch3", "(c) 3 providers")
+            echo(
+                f"file: {size_mib} MiB, root {providers[0].info['cid']}; MB = 10^6 bytes;"
+                f" (a), (b), (c) interleaved over {rounds} rounds, medians"
+            )
+            a_runs: list[Measured] = []
+            b_runs: list[Measured] = []
+            c_runs: list[Measured] = []
+            shares: dict[PeerId, int] = {}
+            for r in range(rounds):
+                tag = f" (round {r + 1}/{rounds})"
+                raw_run = functools.partial(raw_throughput, raw, size)
+                one = functools.partial(
+                    get_mbps, providers[:1], size, base / "fetch1", "(b) 1 provider" + tag, shares
+                )
+                three = functools.partial(
+                    get_mbps, providers, size, base / "fetch3", "(c) 3 providers" + tag, shares
+                )
+                a_runs.append(await measured(raw_run, [raw], size))
+                b_runs.append(await measured(one, providers[:1], size))
+                c_runs.append(await measured(three, providers, size))
+                for name in ("fetch1", "fetch3"):  # a fresh store each round
+                    shutil.rmtree(base / name, ignore_errors=True)
+            a_mbps = statistics.median(m.mbps for m in a_runs)
+            b_mbps = statistics.median(m.mbps for m in b_runs)
+            c_mbps = statistics.median(m.mbps for m in c_runs)
+            b_ratio, c_ratio = median_ratio(b_runs, a_runs), median_ratio(c_runs, a_runs)
+            echo(f"(a) raw stream (TCP+Noise+Yamux, 2 processes): {a_mbps:.1f} MB/s")
+            echo(f"    {cpu_note(a_runs)}")
+            echo(f"(b) get from 1 provider: {b_mbps:.1f} MB/s  (b)/(a) = {b_ratio:.2f}")
+            echo(f"    {cpu_note(b_runs)}")
             split = "/".join(str(shares.get(p.peer, 0)) for p in providers)
             echo(
-                f"(c) get from 3 providers: {c:.1f} MB/s  (c)/(a) = {c / a:.2f}"
+                f"(c) get from 3 providers: {c_mbps:.1f} MB/s  (c)/(a) = {c_ratio:.2f}"
                 f"  (blocks per provider {split})"
             )
+            echo(f"    {cpu_note(c_runs)}")
+            each = "; ".join(
+                f"{x.mbps:.0f}/{y.mbps:.0f}/{z.mbps:.0f}"
+                for x, y, z in zip(a_runs, b_runs, c_runs, strict=True)
+            )
+            echo(f"    rounds, (a)/(b)/(c) MB/s: {each}")
             with err.status("(d) time to first byte…"):
                 warm, cold = await time_to_first_byte(providers[0], trials)
             w, k = statistics.median(warm), statistics.median(cold)
@@ -317,8 +423,8 @@ async def run(size_mib: int, trials: int, echo: Callable[[str], None]) -> None:
                 f" cold min {min(cold):.1f} max {max(cold):.1f})"
             )
         echo(
-            f"goals: (b) >= {GOAL_RATIO} x (a): {verdict(b >= GOAL_RATIO * a)};"
-            f" (c) >= {GOAL_RATIO} x (a): {verdict(c >= GOAL_RATIO * a)};"
+            f"goals: (b) >= {GOAL_RATIO} x (a): {verdict(b_ratio >= GOAL_RATIO)};"
+            f" (c) >= {GOAL_RATIO} x (a): {verdict(c_ratio >= GOAL_RATIO)};"
             f" warm <= {GOAL_WARM_MS:.0f} ms: {verdict(w <= GOAL_WARM_MS)};"
             f" cold <= {GOAL_COLD_MS:.0f} ms: {verdict(k <= GOAL_COLD_MS)}"
         )
@@ -328,14 +434,19 @@ async def run(size_mib: int, trials: int, echo: Callable[[str], None]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.transfer", description=__doc__)
     parser.add_argument("--size", type=int, default=256, help="file size in MiB (default 256)")
-    parser.add_argument("--trials", type=int, default=9, help="first-byte trials (default 9)")
     parser.add_argument(
-        "--quick", action="store_true", help=f"smoke run: {QUICK_SIZE} MiB, 3 trials"
+        "--rounds", type=int, default=3, help="interleaved rounds of (a), (b), (c) (default 3)"
+    )
+    parser.add_argument("--trials", type=int, default=15, help="first-byte trials (default 15)")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"smoke run: {QUICK_SIZE} MiB, 1 round, 3 trials"
     )
     args = parser.parse_args(argv)
-    size, trials = (QUICK_SIZE, 3) if args.quick else (args.size, args.trials)
-    if size < 1 or trials < 1:
-        parser.error("--size and --trials must be at least 1")
+    size, rounds, trials = (
+        (QUICK_SIZE, 1, 3) if args.quick else (args.size, args.rounds, args.trials)
+    )
+    if size < 1 or rounds < 1 or trials < 1:
+        parser.error("--size, --rounds and --trials must be at least 1")
 
     import logging
 
@@ -346,7 +457,7 @@ def main(argv: list[str] | None = None) -> None:
     def echo(line: str) -> None:
         print(line, flush=True)
 
-    trio.run(run, size, trials, echo)
+    trio.run(run, size, rounds, trials, echo)
 
 
 if __name__ == "__main__":

@@ -167,6 +167,12 @@ class Bitswap:
                 # want: a duplicate, not an offence (a block never asked for is one)
                 self.stats.late_blocks += 1
                 return
+            # a block on the path a want's path_to asked for (within that want's budget)
+            takers = [f for f in list(self._fetches) if f.take_path_block(peer, block)]
+            if takers:
+                self.stats.blocks_fetched += 1
+                self.stats.bytes_fetched += len(block.data)
+                return
             self.stats.bad_blocks += 1
             self.report_bad_peer(peer, f"sent a block nobody asked it for ({block.cid})")
             return
@@ -228,11 +234,41 @@ class Bitswap:
                     presences.append((cid, Presence.DONT_HAVE))
                     self.stats.dont_haves_sent += 1
                 continue
-            blocks.append(Block(cid, data))
-            size += len(data)
-            self.stats.blocks_served += 1
-            self.stats.bytes_served += len(data)
+            path = [Block(cid, data)]
+            if want.path_to is not None and cid.codec == DAG_PB:
+                path += self._path_below(data, want.path_to)
+            for block in path:
+                blocks.append(block)
+                size += len(block.data)
+                self.stats.blocks_served += 1
+                self.stats.bytes_served += len(block.data)
         return BitswapMessage(blocks=tuple(blocks), presences=tuple(presences))
+
+    def _path_below(self, data: bytes, offset: int) -> list[Block]:
+        """The blocks under a UnixFS node down to the leaf holding byte ``offset``
+        of its file, as far as this store has them (a want's ``path_to``)."""
+        path: list[Block] = []
+        while len(path) < msg.MAX_PATH_BLOCKS:
+            try:
+                node = decode_file_node(data)
+            except DecodingError:
+                break
+            offset -= len(node.data)
+            index = 0
+            while index < len(node.blocksizes) and offset >= node.blocksizes[index]:
+                offset -= node.blocksizes[index]
+                index += 1
+            if index >= len(node.links):
+                break  # past the end of the file
+            link = node.links[index]
+            child = self.store.get(link.cid)  # verified against its CID, as every block we send
+            if child is None:
+                break
+            path.append(Block(link.cid, child))
+            if link.cid.codec != DAG_PB:
+                break
+            data = child
+        return path
 
     # -- outbound ---------------------------------------------------------
 
@@ -382,6 +418,10 @@ class Fetch:
         self._lacks: defaultdict[CID, set[PeerId]] = defaultdict(set)
         self._asked: defaultdict[PeerId, set[CID]] = defaultdict(set)
         self._pending_store: dict[CID, Block] = {}
+        # path blocks still welcome from each peer we sent a want with path_to, and
+        # the last block of that path so far: the next must be one of its links
+        self._path_budget: defaultdict[PeerId, int] = defaultdict(int)
+        self._path_tail: dict[PeerId, bytes] = {}
         self._wake = trio.Event()
         self._session: str | None = None
         self._error: Exception | None = None
@@ -398,6 +438,8 @@ class Fetch:
 
     def on_block(self, peer: PeerId, block: Block) -> None:
         self._asked[peer].discard(block.cid)
+        if block.cid == self.root and self._path_budget[peer] > 0:
+            self._path_tail[peer] = block.data  # the path below it may follow
         want = self._inflight.pop(block.cid, None)
         if want is None and block.cid in self._arrived:
             return
@@ -409,6 +451,23 @@ class Fetch:
         # decoded before the first leaf is even asked for.
         self._arrived[block.cid] = block.data
         self._wake.set()
+
+    def take_path_block(self, peer: PeerId, block: Block) -> bool:
+        """A block ``peer`` sent on the path a want's path_to asked for: kept like
+        any block, if it is a link of the path's last block (so each is vouched
+        for by the one above it, back to the root we asked for), up to
+        msg.MAX_PATH_BLOCKS per such want. False otherwise: an unasked block."""
+        tail = self._path_tail.get(peer)
+        if self._path_budget[peer] <= 0 or tail is None or block.cid.to_bytes() not in tail:
+            return False
+        self._path_budget[peer] -= 1
+        self._path_tail[peer] = block.data
+        if block.cid not in self._arrived:
+            self.blocks_from[peer] += 1
+            self._pending_store[block.cid] = block
+            self._arrived[block.cid] = block.data
+            self._wake.set()
+        return True
 
     def on_presence(self, peer: PeerId, cid: CID, presence: Presence) -> None:
         if presence != Presence.DONT_HAVE or cid not in self._asked.get(peer, ()):
@@ -606,7 +665,14 @@ class Fetch:
             budget -= 1
             self._inflight[cid] = _Want(peer, now)
             self._asked[peer].add(cid)
-            batches[peer].append(WantEntry(cid, WantType.BLOCK, send_dont_have=True))
+            path_to = None
+            if cid == self.root and cid.codec == DAG_PB:
+                # the first byte in one round trip: the root and the path below it
+                path_to = self.start
+                self._path_budget[peer] += msg.MAX_PATH_BLOCKS
+            batches[peer].append(
+                WantEntry(cid, WantType.BLOCK, send_dont_have=True, path_to=path_to)
+            )
         for peer, wants in batches.items():
             try:
                 await self.bs.send(peer, BitswapMessage(wants=tuple(wants)))

@@ -11,6 +11,7 @@ Each message is one uvarint-length-prefixed protobuf frame::
           bool cancel = 3;
           WantType wantType = 4;
           bool sendDontHave = 5;
+          uint64 pathTo = 100;    // Coliving: see WantEntry.path_to
         }
         repeated Entry entries = 1;
         bool full = 2;
@@ -24,6 +25,13 @@ Each message is one uvarint-length-prefixed protobuf frame::
       repeated BlockPresence blockPresences = 4;
       int32 pendingBytes = 5;
     }
+
+``pathTo`` is Coliving's extension (a field go and js ignore, as protobuf
+readers do): a want for a UnixFS node that also asks for every block on the
+path from it down to the leaf holding byte ``pathTo`` of its file. A fetch's
+first byte then costs one round trip, not one per level of the DAG (a
+256 MiB file has three), and so does a seek. Peers that do not know it send
+just the block; the fetch then walks level by level as before.
 
 Bounds: a frame is at most MAX_MESSAGE bytes (4 MiB, as go and js use), a
 block at most unixfs.MAX_BLOCK_SIZE, a wantlist at most MAX_WANTS entries.
@@ -46,6 +54,8 @@ PROTOCOL_120: Final = "/ipfs/bitswap/1.2.0"
 PROTOCOL_110: Final = "/ipfs/bitswap/1.1.0"
 PROTOCOL_100: Final = "/ipfs/bitswap/1.0.0"
 PROTOCOLS: Final = (PROTOCOL_120, PROTOCOL_110, PROTOCOL_100)
+PATH_TO_FIELD: Final = 100
+MAX_PATH_BLOCKS: Final = 8  # a path's blocks besides the one wanted (174-ary: 8 levels is ample)
 MAX_MESSAGE: Final = 4 * 1024 * 1024
 MAX_WANTS: Final = 8192
 MAX_PRESENCES: Final = 8192
@@ -68,6 +78,7 @@ class WantEntry:
     priority: int = 1
     cancel: bool = False
     send_dont_have: bool = True
+    path_to: int | None = None  # also the blocks down to the leaf holding this byte
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +123,8 @@ def _parts(msg: BitswapMessage) -> list[bytes]:
                 entry += pb.field_varint(4, int(want.want_type))
             if want.send_dont_have:
                 entry += pb.field_varint(5, 1)
+            if want.path_to is not None:
+                entry += pb.field_varint(PATH_TO_FIELD, want.path_to)
             wl += pb.field_bytes(1, entry)
         if msg.full:
             wl += pb.field_varint(2, 1)
@@ -196,6 +209,7 @@ def _decode_entry(body: memoryview) -> WantEntry:
     cid: CID | None = None
     # An absent field is the proto3 default (0), as the encoder omits it.
     priority, cancel, want_type, send_dont_have = 0, False, WantType.BLOCK, False
+    path_to: int | None = None
     for num, wire, value in pb.iter_fields(body):
         if num == 1:
             cid = CID.from_bytes(pb.expect_len(wire, value, "entry.block"))
@@ -210,9 +224,11 @@ def _decode_entry(body: memoryview) -> WantEntry:
             want_type = WantType(raw)
         elif num == 5:
             send_dont_have = bool(pb.expect_varint(wire, value, "entry.sendDontHave"))
+        elif num == PATH_TO_FIELD:
+            path_to = pb.expect_varint(wire, value, "entry.pathTo")
     if cid is None:
         raise DecodingError("want entry without a CID")
-    return WantEntry(cid, want_type, priority, cancel, send_dont_have)
+    return WantEntry(cid, want_type, priority, cancel, send_dont_have, path_to)
 
 
 def _decode_payload(body: memoryview) -> Block:

@@ -1,10 +1,11 @@
-"""Stream opening on real hosts over 127.0.0.1: optimistic protocol selection."""
+"""Real hosts over 127.0.0.1: optimistic protocol selection, and Bitswap's path_to."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import cast
 
 import pytest
 import trio
@@ -14,6 +15,9 @@ from p2p.abc import Stream, StreamRefused
 from p2p.host import Host, HostConfig
 from p2p.keys import NodeKey, PeerId
 from protocols import bitswap_msg as msg
+from protocols.bitswap_msg import BitswapMessage
+from protocols.cid import CID, DAG_PB
+from protocols.unixfs import Block, FileImporter, decode_file_node
 from simnet.local import start_nodes
 from tests.conftest import chunks
 
@@ -83,3 +87,75 @@ async def test_fetch_from_a_node_without_bitswap_1_2_falls_back_to_negotiation(
         assert got == payload
         assert peer in client.bitswap._negotiate_with
         nursery.cancel_scope.cancel()
+
+
+# -- Bitswap's path_to: the first byte (or a seek) in one round trip -------------
+
+DEEP = bytes(i % 251 for i in range(64 * 1024))  # 64 leaves of 1 KiB, 4 links a node
+
+
+def deep_dag() -> tuple[CID, list[Block]]:
+    """A four-level DAG (root, two levels of inner nodes, leaves) of DEEP."""
+    importer = FileImporter(chunk_size=1024, max_links=4)
+    blocks = importer.feed(DEEP)
+    root, last = importer.finish()
+    return root, blocks + last
+
+
+@pytest.mark.parametrize("start", [0, 40_000])
+async def test_first_byte_from_any_offset_takes_one_want_message(
+    tmp_path: Path, start: int
+) -> None:
+    root, blocks = deep_dag()
+    async with trio.open_nursery() as nursery:
+        (alice,) = await start_nodes(nursery, tmp_path, 1, names=["alice"])
+        alice.store.put_many(blocks)
+        alice.store.pin(root, size=len(DEEP), name="deep")
+        client = Client()
+        await nursery.start(client.run)
+        sent: list[BitswapMessage] = []
+        send = client.bitswap.send
+
+        async def counting(peer: PeerId, message: BitswapMessage) -> None:
+            sent.append(message)
+            await send(peer, message)
+
+        client.bitswap.send = counting  # type: ignore[method-assign]
+        with trio.fail_after(WAIT):
+            peer = await client.connect(alice.host.addrs()[0])
+            fetch = client.bitswap.fetch(root, [peer], start=start)
+            leaves = cast(AsyncGenerator[bytes, None], fetch.leaves())
+            first = await leaves.__anext__()
+            wanted = [m for m in sent if m.wants]
+            await leaves.aclose()
+        leaf_end = (start // 1024 + 1) * 1024
+        assert first == DEEP[start:leaf_end]
+        # root, two inner nodes and the leaf came back for one want (the root's)
+        assert len(wanted) == 1 and [w.cid for w in wanted[0].wants] == [root]
+        assert wanted[0].wants[0].path_to == start
+        assert alice.bitswap.stats.blocks_served >= 4
+        nursery.cancel_scope.cancel()
+
+
+async def test_path_blocks_must_descend_from_the_root_within_the_budget(
+    tmp_path: Path,
+) -> None:
+    root, blocks = deep_dag()
+    by_cid = {b.cid: b for b in blocks}
+    path = [by_cid[root]]  # root, its first child, that child's first child, a leaf
+    while path[-1].cid.codec == DAG_PB:
+        path.append(by_cid[decode_file_node(path[-1].data).links[0].cid])
+    assert len(path) == 4
+    client = Client(data_dir=tmp_path / "client")
+    peer = PeerId("12D3KooWPathBudgetTestPeer")
+    fetch = client.bitswap.fetch(root, [peer])
+    assert not fetch.take_path_block(peer, path[1])  # no path was asked of it
+    fetch._path_budget[peer] = 2  # as after a want of the root whose budget is two
+    assert not fetch.take_path_block(peer, path[1])  # the root has not come yet
+    fetch.on_block(peer, path[0])
+    other = by_cid[decode_file_node(path[0].data).links[1].cid]
+    assert not fetch.take_path_block(peer, path[2])  # not a link of the root
+    assert fetch.take_path_block(peer, path[1])
+    assert not fetch.take_path_block(peer, other)  # a link of the root, not of path[1]
+    assert fetch.take_path_block(peer, path[2])
+    assert not fetch.take_path_block(peer, path[3])  # on the path, but over the budget

@@ -549,6 +549,7 @@ want_entries = st.builds(
     int32s,
     st.booleans(),
     st.booleans(),
+    st.none() | st.integers(0, 2**64 - 1),  # path_to
 )
 messages = st.builds(
     BitswapMessage,

@@ -29,6 +29,7 @@ from libp2p import create_yamux_muxer_option, new_host
 from libp2p.crypto.secp256k1 import Secp256k1PublicKey, create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.io.trio import TrioTCPStream
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
@@ -165,6 +166,36 @@ YamuxStream._auto_tune_and_send_window_update = _window_update_when_due  # type:
 # MiB, 3 rounds each): CPU per MiB of the raw receiver 7.7 -> 5.5 ms, of a
 # Bitswap fetcher 12.7 -> 11.2 ms and its provider 8.1 -> 6.2 ms.
 _yamux._yamux_release_on_read = _never
+
+_tcp_read = TrioTCPStream.read
+TCP_READ_SLICE = 256 * 1024
+
+
+async def _buffered_tcp_read(self: Any, n: int | None = None) -> bytes:
+    """TrioTCPStream.read served from one large receive.
+
+    Noise reads a message as a 2-byte length, then its body, and py-libp2p asks
+    the socket for exactly those sizes: three or more recv() calls, each a trip
+    through trio's I/O wait, for every 64 KiB message. Here one recv() takes
+    whatever has arrived, up to TCP_READ_SLICE, and the exact-size reads are cut
+    from it (each slice is the one copy the caller gets anyway). Only the Noise
+    reader reads a connection, so there is one reader per buffer.
+    """
+    if n == 0:
+        return b""
+    buf: bytes = getattr(self, "_coliving_buf", b"")
+    pos: int = getattr(self, "_coliving_pos", 0)
+    if pos >= len(buf):
+        buf = await _tcp_read(self, max(n or 0, TCP_READ_SLICE))
+        pos = 0
+        if not buf:
+            return buf
+    end = len(buf) if n is None else min(len(buf), pos + n)
+    self._coliving_buf, self._coliving_pos = buf, end
+    return buf if pos == 0 and end == len(buf) else buf[pos:end]
+
+
+TrioTCPStream.read = _buffered_tcp_read  # type: ignore[method-assign]
 
 # A Yamux data frame (12-byte header + payload) that fits one Noise transport
 # message. py-libp2p's 64 KiB frames are 16 bytes too big for Noise's 65519-byte

@@ -48,6 +48,7 @@ from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicat
 from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH as NOISE_MAX_PLAINTEXT
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.exceptions import MuxedStreamError
 from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 from libp2p.utils import encode_delim
@@ -196,6 +197,51 @@ async def _buffered_tcp_read(self: Any, n: int | None = None) -> bytes:
 
 
 TrioTCPStream.read = _buffered_tcp_read  # type: ignore[method-assign]
+
+
+# Yamux send windows, waited on by an event. py-libp2p 0.8.1's YamuxStream.write
+# polls a zero send window every 10 ms: a stream's first message larger than its
+# 256 KiB initial window (a Bitswap reply with a leaf on a new connection) stood
+# still for up to 10 ms after the peer's WINDOW_UPDATE had arrived (14 ms of a
+# cold first byte in a trace). send_window becomes a property that wakes the
+# writer waiting for it; the writer gives py-libp2p's write only what the
+# window allows, so its poll is never reached.
+WINDOW_WAIT = 5.0  # as py-libp2p: a window shut this long fails the write
+
+
+def _get_send_window(self: Any) -> int:
+    return int(self._coliving_send_window)
+
+
+def _set_send_window(self: Any, value: int) -> None:
+    opened = value > getattr(self, "_coliving_send_window", value)
+    self._coliving_send_window = value
+    waiter = getattr(self, "_coliving_window_waiter", None)
+    if opened and waiter is not None:
+        waiter.set()
+
+
+YamuxStream.send_window = property(_get_send_window, _set_send_window)  # type: ignore[assignment]
+_yamux_stream_write = YamuxStream.write
+
+
+async def _write_within_window(self: Any, data: bytes) -> None:
+    sent = 0
+    while sent < len(data):
+        give_up = trio.current_time() + WINDOW_WAIT
+        while self.send_window <= 0 and not (self.closed or self.send_closed):
+            if trio.current_time() >= give_up:
+                raise MuxedStreamError(f"no window update in {WINDOW_WAIT} s")
+            self._coliving_window_waiter = trio.Event()
+            # a reset or close sets no window: look again now and then
+            with trio.move_on_after(0.05):
+                await self._coliving_window_waiter.wait()
+        size = max(1, min(self.send_window, len(data) - sent))
+        await _yamux_stream_write(self, data if size == len(data) else data[sent : sent + size])
+        sent += size
+
+
+YamuxStream.write = _write_within_window  # type: ignore[method-assign]
 
 # A Yamux data frame (12-byte header + payload) that fits one Noise transport
 # message. py-libp2p's 64 KiB frames are 16 bytes too big for Noise's 65519-byte

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import trio
+import trio.testing
 
 from node import Client
 from p2p.abc import Stream, StreamRefused
@@ -87,6 +89,35 @@ async def test_fetch_from_a_node_without_bitswap_1_2_falls_back_to_negotiation(
         assert got == payload
         assert peer in client.bitswap._negotiate_with
         nursery.cancel_scope.cancel()
+
+
+async def test_a_write_beyond_the_send_window_waits_for_the_update_not_a_poll() -> None:
+    # 1 MiB on a new stream: four times Yamux's initial window, so the writer
+    # must wait for the reader's window updates (py-libp2p would poll each 10 ms)
+    payload = os.urandom(1 << 20)
+    received: list[bytes] = []
+    release = trio.Event()
+
+    async def reader(stream: Stream) -> None:
+        await release.wait()  # the writer has used up its window by then
+        data = b""
+        while len(data) < len(payload):
+            data += await stream.read(1 << 20)
+        received.append(data)
+        await stream.write(b"k")
+
+    async with two_hosts() as (a, b, peer):
+        b.set_handler("/coliving/test/sink/1.0.0", reader)
+        with trio.fail_after(WAIT):
+            stream = await a.open_stream(peer, ["/coliving/test/sink/1.0.0"])
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stream.write, payload)
+                await trio.testing.wait_all_tasks_blocked()  # the writer waits for a window
+                release.set()
+            assert await stream.read(1) == b"k"
+        assert received == [payload]
+        muxed = cast(Any, stream)._stream.muxed_stream
+        assert muxed._zero_window_waits == 0  # py-libp2p's polling wait never ran
 
 
 # -- Bitswap's path_to: the first byte (or a seek) in one round trip -------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
+import struct
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -46,6 +47,7 @@ from libp2p.protocol_muxer.multiselect_client import (
 )
 from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
 from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH as NOISE_MAX_PLAINTEXT
+from libp2p.security.noise.io import BaseNoiseMsgReadWriter
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.exceptions import MuxedStreamError
@@ -199,14 +201,19 @@ async def _buffered_tcp_read(self: Any, n: int | None = None) -> bytes:
 TrioTCPStream.read = _buffered_tcp_read  # type: ignore[method-assign]
 
 
-# Yamux send windows, waited on by an event. py-libp2p 0.8.1's YamuxStream.write
-# polls a zero send window every 10 ms: a stream's first message larger than its
-# 256 KiB initial window (a Bitswap reply with a leaf on a new connection) stood
-# still for up to 10 ms after the peer's WINDOW_UPDATE had arrived (14 ms of a
-# cold first byte in a trace). send_window becomes a property that wakes the
-# writer waiting for it; the writer gives py-libp2p's write only what the
-# window allows, so its poll is never reached.
+# Yamux writes: py-libp2p 0.8.1's YamuxStream.write (1) polls a zero send window
+# every 10 ms: a stream's first message larger than its 256 KiB initial window
+# (a Bitswap reply with a leaf, on a new connection) stood still for up to 10 ms
+# after the peer's WINDOW_UPDATE had arrived (14 ms of a cold first byte in a
+# trace); and (2) hands each frame to Noise and the socket on its own: a 271 KB
+# reply was five send() calls, each waking the reader's process for one frame.
+# This write waits on an event (send_window is a property that wakes the writer
+# when it grows) and sends all the frames the window allows, up to WRITE_BATCH,
+# in one call; Noise then seals them and sends them in one send() (below).
 WINDOW_WAIT = 5.0  # as py-libp2p: a window shut this long fails the write
+WRITE_BATCH = 1 << 20
+_FRAME_PAYLOAD = NOISE_MAX_PLAINTEXT - _yamux.HEADER_SIZE
+_DATA_HEADER = _yamux.YAMUX_HEADER_FORMAT  # version, type, flags, stream id, length
 
 
 def _get_send_window(self: Any) -> int:
@@ -222,26 +229,63 @@ def _set_send_window(self: Any, value: int) -> None:
 
 
 YamuxStream.send_window = property(_get_send_window, _set_send_window)  # type: ignore[assignment]
-_yamux_stream_write = YamuxStream.write
 
 
-async def _write_within_window(self: Any, data: bytes) -> None:
+async def _window_opens(self: Any) -> None:
+    """Until the send window is open (or the stream closed); MuxedStreamError after
+    WINDOW_WAIT seconds of a shut window."""
+    give_up = trio.current_time() + WINDOW_WAIT
+    while self.send_window <= 0 and not (self.closed or self.send_closed):
+        if trio.current_time() >= give_up:
+            raise MuxedStreamError(f"no window update in {WINDOW_WAIT} s")
+        self._coliving_window_waiter = trio.Event()
+        with trio.move_on_after(0.05):  # a reset or a close opens no window: look again
+            await self._coliving_window_waiter.wait()
+
+
+async def _yamux_write(self: Any, data: bytes) -> None:
     sent = 0
     while sent < len(data):
-        give_up = trio.current_time() + WINDOW_WAIT
-        while self.send_window <= 0 and not (self.closed or self.send_closed):
-            if trio.current_time() >= give_up:
-                raise MuxedStreamError(f"no window update in {WINDOW_WAIT} s")
-            self._coliving_window_waiter = trio.Event()
-            # a reset or close sets no window: look again now and then
-            with trio.move_on_after(0.05):
-                await self._coliving_window_waiter.wait()
-        size = max(1, min(self.send_window, len(data) - sent))
-        await _yamux_stream_write(self, data if size == len(data) else data[sent : sent + size])
-        sent += size
+        await _window_opens(self)
+        async with self.rw_lock.write_lock():
+            if self.send_closed:
+                raise MuxedStreamError("Stream is closed for sending")
+            async with self.window_lock:
+                if self.closed:
+                    raise MuxedStreamError("Stream is closed")
+                take = min(self.send_window, len(data) - sent, WRITE_BATCH)
+                if take <= 0:
+                    continue  # another writer on this stream took the window first
+                self.send_window -= take
+        parts: list[bytes] = []
+        end = sent + take
+        while sent < end:
+            size = min(_FRAME_PAYLOAD, end - sent)
+            parts.append(struct.pack(_DATA_HEADER, 0, _yamux.TYPE_DATA, 0, self.stream_id, size))
+            parts.append(data[sent : sent + size])
+            sent += size
+        await self.conn._write_frame(b"".join(parts))
 
 
-YamuxStream.write = _write_within_window  # type: ignore[method-assign]
+YamuxStream.write = _yamux_write  # type: ignore[method-assign]
+
+_noise_write_msg = BaseNoiseMsgReadWriter.write_msg
+
+
+async def _noise_write_sealed_at_once(self: Any, msg: bytes, prefix_encoded: bool = False) -> None:
+    """Noise's write of a message longer than one Noise message: each part sealed
+    as before, all sent with one write instead of one per part."""
+    if prefix_encoded or len(msg) <= NOISE_MAX_PLAINTEXT:
+        await _noise_write_msg(self, msg, prefix_encoded)
+        return
+    packets = [
+        self.read_writer.encode_msg(self.encrypt(msg[i : i + NOISE_MAX_PLAINTEXT]))
+        for i in range(0, len(msg), NOISE_MAX_PLAINTEXT)
+    ]
+    await self.read_writer.read_write_closer.write(b"".join(packets))
+
+
+BaseNoiseMsgReadWriter.write_msg = _noise_write_sealed_at_once  # type: ignore[method-assign]
 
 # A Yamux data frame (12-byte header + payload) that fits one Noise transport
 # message. py-libp2p's 64 KiB frames are 16 bytes too big for Noise's 65519-byte

@@ -110,13 +110,16 @@ async def test_a_write_beyond_the_send_window_waits_for_the_update_not_a_poll() 
         b.set_handler("/coliving/test/sink/1.0.0", reader)
         with trio.fail_after(WAIT):
             stream = await a.open_stream(peer, ["/coliving/test/sink/1.0.0"])
+            muxed = cast(Any, stream)._stream.muxed_stream
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(stream.write, payload)
-                await trio.testing.wait_all_tasks_blocked()  # the writer waits for a window
+                await trio.testing.wait_all_tasks_blocked()
+                # the writer has used up its window and waits on an event for more
+                assert muxed.send_window <= 0
+                assert not muxed._coliving_window_waiter.is_set()
                 release.set()
             assert await stream.read(1) == b"k"
         assert received == [payload]
-        muxed = cast(Any, stream)._stream.muxed_stream
         assert muxed._zero_window_waits == 0  # py-libp2p's polling wait never ran
 
 

@@ -47,6 +47,9 @@ class GossipConfig:
     graylist_threshold: float = -100.0
     # All simnet/devnet peers share 127.0.0.1: IP-diversity rules would starve the mesh.
     eclipse_protection: bool = False
+    # seconds before the gossip stream is opened to a peer that dialed us (see
+    # Gossip._delay_inbound_hello)
+    hello_inbound_after: float = 0.25
 
 
 async def _messages(topic: str, sub: Any) -> AsyncIterator[GossipMessage]:
@@ -85,6 +88,27 @@ class Gossip:
             strict_signing=True,
             max_inbound_rpc_size=cfg.max_message_size,
         )
+        if cfg.hello_inbound_after > 0:
+            self._delay_inbound_hello(cfg.hello_inbound_after)
+
+    def _delay_inbound_hello(self, seconds: float) -> None:
+        """Open the gossip stream to a peer that dialed us a moment after it
+        connected, not at once (as Identify, p2p.host.HostConfig): a client
+        that came for a block does not wait behind it, and one that speaks no
+        gossipsub and leaves sooner is never offered it. Peers we dial get it
+        at once: a node joining the mesh is the one dialing."""
+        pubsub: Any = self._pubsub
+        hello = pubsub._handle_new_peer_with_retry
+        network = self._host.libp2p_host.get_network()
+
+        async def later(peer_id: Any, limit: float | None = None) -> None:
+            connections = network.get_connections(peer_id)
+            muxed = getattr(connections[0], "muxed_conn", None) if connections else None
+            if getattr(muxed, "is_initiator_value", True) is False:
+                await trio.sleep(seconds)
+            await hello(peer_id, limit)  # (py-libp2p's retry limit, seconds)
+
+        pubsub._handle_new_peer_with_retry = later
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with background_trio_service(self._pubsub), background_trio_service(self._router):

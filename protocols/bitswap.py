@@ -37,7 +37,7 @@ from protocols import bitswap_msg as msg
 from protocols.bitswap_msg import BitswapMessage, Presence, WantEntry, WantType
 from protocols.cid import CID, DAG_PB
 from protocols.errors import DecodingError, NotFoundError
-from protocols.unixfs import Block, FileNode, decode_file_node
+from protocols.unixfs import Block, FileNode, child_at, decode_file_node
 from protocols.wire import FrameReader
 from store.blockstore import BlockStore
 
@@ -250,22 +250,17 @@ class Bitswap:
         path: list[Block] = []
         while len(path) < msg.MAX_PATH_BLOCKS:
             try:
-                node = decode_file_node(data)
+                found = child_at(data, offset)
             except DecodingError:
                 break
-            offset -= len(node.data)
-            index = 0
-            while index < len(node.blocksizes) and offset >= node.blocksizes[index]:
-                offset -= node.blocksizes[index]
-                index += 1
-            if index >= len(node.links):
+            if found is None:
                 break  # past the end of the file
-            link = node.links[index]
-            child = self.store.get(link.cid)  # verified against its CID, as every block we send
+            cid, offset = found
+            child = self.store.get(cid)  # verified against its CID, as every block we send
             if child is None:
                 break
-            path.append(Block(link.cid, child))
-            if link.cid.codec != DAG_PB:
+            path.append(Block(cid, child))
+            if cid.codec != DAG_PB:
                 break
             data = child
         return path

@@ -150,19 +150,28 @@ def _varint(raw: bytes) -> int:
 
 
 def _decode_canonical(buf: bytes) -> FileNode | None:
-    """The canonical layout, or None for the generic decoder to handle.
+    """The canonical layout, or None for the generic decoder to handle."""
+    parts = _canonical_parts(buf)
+    if parts is None:
+        return None
+    matches, kind, filesize, blocksizes = parts
+    links = [Link(CID(m[2][0], m[3]), _varint(m[4])) for m in matches]
+    return _file_node(links, kind, filesize, blocksizes, b"")
+
+
+def _canonical_parts(buf: bytes) -> tuple[list[re.Match[bytes]], int, int, list[int]] | None:
+    """A canonical node's link matches, Type, filesize and blocksizes; or None.
 
     Links and blocksizes are found by two compiled patterns; each match must
     start where the previous one ended, so a match inside a digest can never
     stand in for a link (the layout would no longer be contiguous).
     """
-    links: list[Link] = []
+    matches: list[re.Match[bytes]] = []
     pos = 0
     for m in _LINK.finditer(buf):
-        size, codec, digest, tsize = m.groups()
-        if m.start() != pos or size[0] != 41 + len(tsize):
+        if m.start() != pos or m[1][0] != 41 + len(m[4]):
             break
-        links.append(Link(CID(codec[0], digest), _varint(tsize)))
+        matches.append(m)
         pos = m.end()
     end = len(buf)
     # Data: 0x0a, length, UnixFS message, and nothing after it
@@ -175,18 +184,42 @@ def _decode_canonical(buf: bytes) -> FileNode | None:
     head = _HEAD.match(buf, start)
     if head is None:
         return None
-    kind = head.group(1)[0]
-    filesize = _varint(head.group(2))
     blocksizes: list[int] = []
     pos = head.end()
     for m in _BLOCKSIZE.finditer(buf, pos):
         if m.start() != pos:
             return None
-        blocksizes.append(_varint(m.group(1)))
+        blocksizes.append(_varint(m[1]))
         pos = m.end()
-    if pos != end:
+    if pos != end or len(blocksizes) != len(matches):
         return None
-    return _file_node(links, kind, filesize, blocksizes, b"")
+    return matches, head[1][0], _varint(head[2]), blocksizes
+
+
+def child_at(block: bytes, offset: int) -> tuple[CID, int] | None:
+    """The link of a UnixFS file node under byte ``offset`` of its file, and that
+    byte's offset within the child; None past the end (or for a leaf's data).
+
+    A provider answering a want's path_to asks this of a 174-link node for one
+    child: the importer's layout is read without building the other 173."""
+    buf = bytes(block)
+    parts = _canonical_parts(buf)
+    if parts is not None and parts[1] in (UNIXFS_FILE, UNIXFS_RAW) and parts[2] == sum(parts[3]):
+        matches, sizes, cids = parts[0], parts[3], None
+    else:  # anything else, or a canonical node that is not a valid file: decode_file_node says why
+        node = decode_file_node(buf)
+        offset -= len(node.data)
+        matches, sizes, cids = [], list(node.blocksizes), [link.cid for link in node.links]
+    if offset < 0:
+        return None
+    for index, size in enumerate(sizes):
+        if offset < size:
+            if cids is not None:
+                return cids[index], offset
+            m = matches[index]
+            return CID(m[2][0], m[3]), offset
+        offset -= size
+    return None
 
 
 def _read_uvarint(buf: bytes, pos: int, end: int) -> tuple[int, int]:

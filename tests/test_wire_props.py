@@ -47,6 +47,7 @@ from protocols.unixfs import (
     Link,
     _decode_canonical,
     _decode_file_node_generic,
+    child_at,
     decode_file_node,
     encode_dag_pb,
     encode_unixfs_file,
@@ -485,6 +486,32 @@ def test_dag_pb_fast_path_agrees_with_field_by_field(data: bytes) -> None:
             decode_file_node(data)
     else:
         assert decode_file_node(data) == expected
+
+
+@PROPS
+@given(
+    st.one_of(
+        canonical_nodes(), mutated(canonical_nodes()), mutated(file_nodes().map(encode_file_node))
+    ),
+    st.integers(0, 2**41),
+)
+def test_child_at_agrees_with_the_decoded_node(data: bytes, offset: int) -> None:
+    # a provider finds the child under a byte without decoding the other links;
+    # it must name the child the full decoder would, or fail as it does
+    try:
+        node = _decode_file_node_generic(data)
+    except DecodingError:
+        with pytest.raises(DecodingError):
+            child_at(data, offset)
+        return
+    expected = None
+    rest = offset - len(node.data)
+    for link, size in zip(node.links, node.blocksizes, strict=True):
+        if 0 <= rest < size:
+            expected = (link.cid, rest)
+            break
+        rest -= size
+    assert child_at(data, offset) == expected
 
 
 def test_dag_pb_fast_path_is_taken_for_importer_nodes() -> None:

@@ -236,7 +236,8 @@ class Bitswap:
                 continue
             path = [Block(cid, data)]
             if want.path_to is not None and cid.codec == DAG_PB:
-                path += self._path_below(data, want.path_to)
+                # within one batch, so a reply never nears the 4 MiB message bound
+                path += self._path_below(data, want.path_to, self.config.batch_bytes - len(data))
             for block in path:
                 blocks.append(block)
                 size += len(block.data)
@@ -244,9 +245,10 @@ class Bitswap:
                 self.stats.bytes_served += len(block.data)
         return BitswapMessage(blocks=tuple(blocks), presences=tuple(presences))
 
-    def _path_below(self, data: bytes, offset: int) -> list[Block]:
+    def _path_below(self, data: bytes, offset: int, max_bytes: int) -> list[Block]:
         """The blocks under a UnixFS node down to the leaf holding byte ``offset``
-        of its file, as far as this store has them (a want's ``path_to``)."""
+        of its file, as far as this store has them and ``max_bytes`` allows (a
+        want's ``path_to``)."""
         path: list[Block] = []
         while len(path) < msg.MAX_PATH_BLOCKS:
             try:
@@ -257,8 +259,9 @@ class Bitswap:
                 break  # past the end of the file
             cid, offset = found
             child = self.store.get(cid)  # verified against its CID, as every block we send
-            if child is None:
+            if child is None or len(child) > max_bytes:
                 break
+            max_bytes -= len(child)
             path.append(Block(cid, child))
             if cid.codec != DAG_PB:
                 break

@@ -18,7 +18,7 @@ from p2p.host import Host, HostConfig
 from p2p.keys import NodeKey, PeerId
 from protocols import bitswap_msg as msg
 from protocols.bitswap_msg import BitswapMessage
-from protocols.cid import CID, DAG_PB
+from protocols.cid import CID, DAG_PB, RAW
 from protocols.unixfs import Block, FileImporter, decode_file_node
 from simnet.local import start_nodes
 from tests.conftest import chunks
@@ -193,3 +193,17 @@ async def test_path_blocks_must_descend_from_the_root_within_the_budget(
     assert not fetch.take_path_block(peer, other)  # a link of the root, not of path[1]
     assert fetch.take_path_block(peer, path[2])
     assert not fetch.take_path_block(peer, path[3])  # on the path, but over the budget
+
+
+async def test_the_path_a_provider_sends_stops_within_its_byte_budget(tmp_path: Path) -> None:
+    root, blocks = deep_dag()
+    by_cid = {b.cid: b for b in blocks}
+    async with trio.open_nursery() as nursery:
+        (alice,) = await start_nodes(nursery, tmp_path, 1, names=["alice"])
+        alice.store.put_many(blocks)
+        whole = alice.bitswap._path_below(by_cid[root].data, 40_000, 1 << 20)
+        assert [b.cid.codec for b in whole] == [DAG_PB, DAG_PB, RAW]  # down to the leaf
+        first = len(whole[0].data)
+        cut = alice.bitswap._path_below(by_cid[root].data, 40_000, first + 1)
+        assert cut == whole[:1]  # the next block would not fit
+        nursery.cancel_scope.cancel()

@@ -269,6 +269,27 @@ async def _yamux_write(self: Any, data: bytes) -> None:
 
 YamuxStream.write = _yamux_write  # type: ignore[method-assign]
 
+# A stream a peer opens to us gets a 1 MiB receive window at once, not Yamux's
+# 256 KiB: a reply that opens a stream (a Bitswap provider's first, 271 KB with
+# a leaf) no longer waits for our first window update, which is sent only after
+# we have negotiated the stream's protocol, started its handler and read half
+# the window. A peer can leave at most this much unread per stream.
+INBOUND_WINDOW = 1 << 20
+_yamux_accept = _yamux.Yamux.accept_stream
+
+
+async def _accept_with_window(self: Any) -> Any:
+    stream: Any = await _yamux_accept(self)
+    grant = INBOUND_WINDOW - stream.recv_window
+    if grant > 0 and not stream.closed:
+        stream.recv_window += grant
+        stream.target_recv_window = max(stream.target_recv_window, INBOUND_WINDOW)
+        await stream.send_window_update(grant)
+    return stream
+
+
+_yamux.Yamux.accept_stream = _accept_with_window  # type: ignore[method-assign]
+
 _noise_write_msg = BaseNoiseMsgReadWriter.write_msg
 
 

@@ -14,7 +14,7 @@ import trio.testing
 
 from node import Client
 from p2p.abc import Stream, StreamRefused
-from p2p.host import Host, HostConfig
+from p2p.host import INBOUND_WINDOW, Host, HostConfig
 from p2p.keys import NodeKey, PeerId
 from protocols import bitswap_msg as msg
 from protocols.bitswap_msg import BitswapMessage
@@ -121,6 +121,31 @@ async def test_a_write_beyond_the_send_window_waits_for_the_update_not_a_poll() 
             assert await stream.read(1) == b"k"
         assert received == [payload]
         assert muxed._zero_window_waits == 0  # py-libp2p's polling wait never ran
+
+
+async def test_a_stream_opened_to_us_gets_its_whole_window_at_once() -> None:
+    # what a peer may send before we read anything: INBOUND_WINDOW, not Yamux's
+    # 256 KiB (less the negotiation's few bytes, which count against it too)
+    payload = os.urandom(INBOUND_WINDOW - 4096)
+    release = trio.Event()
+    received: list[bytes] = []
+
+    async def reader(stream: Stream) -> None:
+        await release.wait()
+        data = b""
+        while len(data) < len(payload):
+            data += await stream.read(1 << 20)
+        received.append(data)
+        await stream.write(b"k")
+
+    async with two_hosts() as (a, b, peer):
+        b.set_handler("/coliving/test/late-reader/1.0.0", reader)
+        with trio.fail_after(WAIT):
+            stream = await a.open_stream(peer, ["/coliving/test/late-reader/1.0.0"])
+            await stream.write(payload)  # done while the reader has read nothing
+            release.set()
+            assert await stream.read(1) == b"k"
+        assert received == [payload]
 
 
 # -- Bitswap's path_to: the first byte (or a seek) in one round trip -------------

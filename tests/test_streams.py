@@ -33,6 +33,24 @@ async def echo(stream: Stream) -> None:
     await stream.close()
 
 
+class LateReader:
+    """A handler that reads ``size`` bytes only once ``release`` is set, then
+    answers b"k" (the writer's proof that everything arrived)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.release = trio.Event()
+        self.received: list[bytes] = []
+
+    async def handle(self, stream: Stream) -> None:
+        await self.release.wait()
+        data = b""
+        while len(data) < self.size:
+            data += await stream.read(1 << 20)
+        self.received.append(data)
+        await stream.write(b"k")
+
+
 @asynccontextmanager
 async def two_hosts() -> AsyncIterator[tuple[Host, Host, PeerId]]:
     async with trio.open_nursery() as nursery:
@@ -95,19 +113,10 @@ async def test_a_write_beyond_the_send_window_waits_for_the_update_not_a_poll() 
     # 1 MiB on a new stream: four times Yamux's initial window, so the writer
     # must wait for the reader's window updates (py-libp2p would poll each 10 ms)
     payload = os.urandom(1 << 20)
-    received: list[bytes] = []
-    release = trio.Event()
-
-    async def reader(stream: Stream) -> None:
-        await release.wait()  # the writer has used up its window by then
-        data = b""
-        while len(data) < len(payload):
-            data += await stream.read(1 << 20)
-        received.append(data)
-        await stream.write(b"k")
+    late = LateReader(len(payload))  # reads once the writer has used up its window
 
     async with two_hosts() as (a, b, peer):
-        b.set_handler("/coliving/test/sink/1.0.0", reader)
+        b.set_handler("/coliving/test/sink/1.0.0", late.handle)
         with trio.fail_after(WAIT):
             stream = await a.open_stream(peer, ["/coliving/test/sink/1.0.0"])
             muxed = cast(Any, stream)._stream.muxed_stream
@@ -117,9 +126,9 @@ async def test_a_write_beyond_the_send_window_waits_for_the_update_not_a_poll() 
                 # the writer has used up its window and waits on an event for more
                 assert muxed.send_window <= 0
                 assert not muxed._coliving_window_waiter.is_set()
-                release.set()
+                late.release.set()
             assert await stream.read(1) == b"k"
-        assert received == [payload]
+        assert late.received == [payload]
         assert muxed._zero_window_waits == 0  # py-libp2p's polling wait never ran
 
 
@@ -127,25 +136,16 @@ async def test_a_stream_opened_to_us_gets_its_whole_window_at_once() -> None:
     # what a peer may send before we read anything: INBOUND_WINDOW, not Yamux's
     # 256 KiB (less the negotiation's few bytes, which count against it too)
     payload = os.urandom(INBOUND_WINDOW - 4096)
-    release = trio.Event()
-    received: list[bytes] = []
-
-    async def reader(stream: Stream) -> None:
-        await release.wait()
-        data = b""
-        while len(data) < len(payload):
-            data += await stream.read(1 << 20)
-        received.append(data)
-        await stream.write(b"k")
+    late = LateReader(len(payload))
 
     async with two_hosts() as (a, b, peer):
-        b.set_handler("/coliving/test/late-reader/1.0.0", reader)
+        b.set_handler("/coliving/test/late-reader/1.0.0", late.handle)
         with trio.fail_after(WAIT):
             stream = await a.open_stream(peer, ["/coliving/test/late-reader/1.0.0"])
             await stream.write(payload)  # done while the reader has read nothing
-            release.set()
+            late.release.set()
             assert await stream.read(1) == b"k"
-        assert received == [payload]
+        assert late.received == [payload]
 
 
 # -- Bitswap's path_to: the first byte (or a seek) in one round trip -------------

@@ -194,8 +194,11 @@ async def _buffered_tcp_read(self: Any, n: int | None = None) -> bytes:
         if not buf:
             return buf
     end = len(buf) if n is None else min(len(buf), pos + n)
-    self._coliving_buf, self._coliving_pos = buf, end
-    return buf if pos == 0 and end == len(buf) else buf[pos:end]
+    if end < len(buf):
+        self._coliving_buf, self._coliving_pos = buf, end
+        return buf[pos:end]
+    self._coliving_buf, self._coliving_pos = b"", 0  # an idle connection keeps no buffer
+    return buf if pos == 0 else buf[pos:]
 
 
 TrioTCPStream.read = _buffered_tcp_read  # type: ignore[method-assign]

@@ -144,6 +144,7 @@ class Net:
         self.nursery, self.base, self.chain = nursery, base, chain
         self.nodes: list[Node] = []
         self.scopes: dict[Node, trio.CancelScope] = {}
+        self.staked: set[Node] = set()
 
     async def add(self, name: str, *, register: bool = True) -> Node:
         key = NodeKey.load_or_create(self.base / name)
@@ -167,6 +168,7 @@ class Net:
         self.scopes[node] = await self.nursery.start(host)
         if register:
             await self.chain.update_multiaddrs(key, node.host.addrs())
+            self.staked.add(node)
         self.nodes.append(node)
         return node
 
@@ -193,7 +195,17 @@ def holders(cid: CID, nodes: Sequence[Node]) -> set[Node]:
     return {n for n in nodes if n.store.is_pinned(cid)}
 
 
+async def members_known(net: Net) -> None:
+    """Until every live node's repair round has seen every live staked node (each
+    reads the registry on its own poll: a node that just registered may not be a
+    member yet for the others, and owners are ranked among members)."""
+    for node in net.live():
+        while node.replicator.members_seen < len(net.staked & set(net.live())):
+            await node.replicator.round_done.wait()
+
+
 async def upload(net: Net, to: Node, payload: bytes) -> tuple[CID, int | None]:
+    await members_known(net)
     client = Client()
     await net.nursery.start(client.run)
     peer = await client.connect(to.host.addrs()[0])

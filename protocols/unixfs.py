@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -129,13 +129,14 @@ def decode_file_node(block: bytes | memoryview) -> FileNode:
 # One canonical link: PBLink field 1 (LEN 36: a CIDv1, raw or dag-pb, sha2-256),
 # field 2 empty (Name), field 3 (Tsize, a minimal uvarint); the byte after the
 # link's tag is its length. One blocksize: UnixFS field 4 (VARINT), minimal.
+_UVARINT: Final = rb"((?:[\x80-\xff]{1,8}[\x01-\x7f])|[\x00-\x7f])"  # minimal, at most 9 bytes
 _LINK: Final = re.compile(
-    rb"\x12([\x2a-\x7f])\x0a\x24\x01([\x55\x70])\x12\x20(.{32})\x12\x00\x18"
-    rb"((?:[\x80-\xff]{1,8}[\x01-\x7f])|[\x00-\x7f])",
+    rb"\x12([\x2a-\x7f])\x0a\x24\x01([\x55\x70])\x12\x20(.{32})\x12\x00\x18" + _UVARINT,
     re.DOTALL,
 )
-_BLOCKSIZE: Final = re.compile(rb"\x20((?:[\x80-\xff]{1,8}[\x01-\x7f])|[\x00-\x7f])")
-_HEAD: Final = re.compile(rb"\x08([\x00-\x7f])\x18((?:[\x80-\xff]{1,8}[\x01-\x7f])|[\x00-\x7f])")
+_BLOCKSIZE: Final = re.compile(rb"\x20" + _UVARINT)
+_HEAD: Final = re.compile(rb"\x08([\x00-\x7f])\x18" + _UVARINT)
+_LENGTH: Final = re.compile(_UVARINT)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -177,8 +178,11 @@ def _canonical_parts(buf: bytes) -> tuple[list[re.Match[bytes]], int, int, list[
     # Data: 0x0a, length, UnixFS message, and nothing after it
     if pos >= end or buf[pos] != 0x0A:
         return None
-    length, start = _read_uvarint(buf, pos + 1, end)
-    if start < 0 or start + length != end:
+    length = _LENGTH.match(buf, pos + 1)
+    if length is None:
+        return None
+    start = length.end()
+    if start + _varint(length[1]) != end:
         return None
     # UnixFS: Type (0x08), filesize (0x18), blocksizes (0x20 each); nothing else
     head = _HEAD.match(buf, start)
@@ -204,37 +208,28 @@ def child_at(block: bytes, offset: int) -> tuple[CID, int] | None:
     child: the importer's layout is read without building the other 173."""
     buf = bytes(block)
     parts = _canonical_parts(buf)
-    if parts is not None and parts[1] in (UNIXFS_FILE, UNIXFS_RAW) and parts[2] == sum(parts[3]):
-        matches, sizes, cids = parts[0], parts[3], None
-    else:  # anything else, or a canonical node that is not a valid file: decode_file_node says why
+    if parts is None:  # any other layout: the full decoder reads it, or says why not
         node = decode_file_node(buf)
-        offset -= len(node.data)
-        matches, sizes, cids = [], list(node.blocksizes), [link.cid for link in node.links]
+        found = _index_under(node.blocksizes, offset - len(node.data))
+        return None if found is None else (node.links[found[0]].cid, found[1])
+    matches, kind, filesize, blocksizes = parts
+    _checked_filesize(kind, filesize, blocksizes, len(matches), 0)
+    found = _index_under(blocksizes, offset)
+    if found is None:
+        return None
+    m = matches[found[0]]
+    return CID(m[2][0], m[3]), found[1]
+
+
+def _index_under(blocksizes: Sequence[int], offset: int) -> tuple[int, int] | None:
+    """The index of the part holding byte ``offset``, and the byte's offset in it."""
     if offset < 0:
         return None
-    for index, size in enumerate(sizes):
+    for index, size in enumerate(blocksizes):
         if offset < size:
-            if cids is not None:
-                return cids[index], offset
-            m = matches[index]
-            return CID(m[2][0], m[3]), offset
+            return index, offset
         offset -= size
     return None
-
-
-def _read_uvarint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
-    """A minimal uvarint of at most 9 bytes ending before ``end``, or (-1, -1)."""
-    value = 0
-    shift = 0
-    for i in range(pos, min(end, pos + 9)):
-        byte = buf[i]
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            if byte == 0 and i > pos:
-                return -1, -1  # not minimal: the generic decoder says why
-            return value, i + 1
-        shift += 7
-    return -1, -1
 
 
 def _decode_file_node_generic(block: bytes | memoryview) -> FileNode:
@@ -282,16 +277,24 @@ def _decode_file_node_generic(block: bytes | memoryview) -> FileNode:
 def _file_node(
     links: list[Link], kind: int | None, filesize: int | None, blocksizes: list[int], inline: bytes
 ) -> FileNode:
+    filesize = _checked_filesize(kind, filesize, blocksizes, len(links), len(inline))
+    return FileNode(tuple(links), tuple(blocksizes), filesize, inline)
+
+
+def _checked_filesize(
+    kind: int | None, filesize: int | None, blocksizes: Sequence[int], links: int, inline: int
+) -> int:
+    """A file node's size, once its parts agree (else DecodingError)."""
     if kind not in (UNIXFS_FILE, UNIXFS_RAW):
         raise DecodingError(f"UnixFS node of type {kind} is not a file")
-    if len(blocksizes) != len(links):
+    if len(blocksizes) != links:
         raise DecodingError("UnixFS blocksizes do not match the links")
-    total = len(inline) + sum(blocksizes)
+    total = inline + sum(blocksizes)
     if filesize is None:
         filesize = total
     if filesize != total:
         raise DecodingError("UnixFS filesize does not match its parts")
-    return FileNode(tuple(links), tuple(blocksizes), filesize, inline)
+    return filesize
 
 
 def _uvarint(data: memoryview, pos: int) -> tuple[int, int]:

@@ -436,11 +436,15 @@ class Fetch:
 
     def on_block(self, peer: PeerId, block: Block) -> None:
         self._asked[peer].discard(block.cid)
-        if block.cid == self.root and self._path_budget[peer] > 0:
+        if block.cid == self.root and self._path_budget.get(peer, 0) > 0:
             self._path_tail[peer] = block.data  # the path below it may follow
         want = self._inflight.pop(block.cid, None)
         if want is None and block.cid in self._arrived:
             return
+        self._keep(peer, block)
+
+    def _keep(self, peer: PeerId, block: Block) -> None:
+        """A verified block for the walk, and for the store at the next flush."""
         self.blocks_from[peer] += 1
         self._pending_store[block.cid] = block
         # An inner node is decoded by the walk when it needs its children
@@ -456,15 +460,12 @@ class Fetch:
         for by the one above it, back to the root we asked for), up to
         msg.MAX_PATH_BLOCKS per such want. False otherwise: an unasked block."""
         tail = self._path_tail.get(peer)
-        if self._path_budget[peer] <= 0 or tail is None or block.cid.to_bytes() not in tail:
+        if self._path_budget.get(peer, 0) <= 0 or tail is None or block.cid.to_bytes() not in tail:
             return False
         self._path_budget[peer] -= 1
         self._path_tail[peer] = block.data
         if block.cid not in self._arrived:
-            self.blocks_from[peer] += 1
-            self._pending_store[block.cid] = block
-            self._arrived[block.cid] = block.data
-            self._wake.set()
+            self._keep(peer, block)
         return True
 
     def on_presence(self, peer: PeerId, cid: CID, presence: Presence) -> None:

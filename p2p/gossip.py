@@ -93,22 +93,13 @@ class Gossip:
 
     def _delay_inbound_hello(self, seconds: float) -> None:
         """Open the gossip stream to a peer that dialed us a moment after it
-        connected, not at once (as Identify, p2p.host.HostConfig): a client
-        that came for a block does not wait behind it, and one that speaks no
-        gossipsub and leaves sooner is never offered it. Peers we dial get it
-        at once: a node joining the mesh is the one dialing."""
+        connected (Host.later_if_inbound), as Identify: a client that came for
+        a block does not wait behind it, and one that speaks no gossipsub and
+        leaves sooner is never offered it. A node joining the mesh is the one
+        dialing, so it is not delayed."""
         pubsub: Any = self._pubsub
-        hello = pubsub._handle_new_peer_with_retry
-        network = self._host.libp2p_host.get_network()
-
-        async def later(peer_id: Any, limit: float | None = None) -> None:
-            connections = network.get_connections(peer_id)
-            muxed = getattr(connections[0], "muxed_conn", None) if connections else None
-            if getattr(muxed, "is_initiator_value", True) is False:
-                await trio.sleep(seconds)
-            await hello(peer_id, limit)  # (py-libp2p's retry limit, seconds)
-
-        pubsub._handle_new_peer_with_retry = later
+        hello = pubsub._handle_new_peer_with_retry  # pubsub starts one per new peer
+        pubsub._handle_new_peer_with_retry = self._host.later_if_inbound(seconds, hello)
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with background_trio_service(self._pubsub), background_trio_service(self._router):

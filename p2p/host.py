@@ -527,18 +527,27 @@ class Host:
         self.ready = trio.Event()
 
     def _delay_inbound_identify(self, seconds: float) -> None:
-        # BasicHost runs each Identify through this method; "notifee-connected" is
-        # the reason it gives for a connection it did not dial (a dial schedules
-        # its own with reason "connect" first, so it is not delayed)
+        # BasicHost runs each Identify through this method
         host: Any = self._host
-        identify = host._identify_task_entry
+        host._identify_task_entry = self.later_if_inbound(seconds, host._identify_task_entry)
 
-        async def later(peer_id: Any, reason: str) -> None:
-            if reason == "notifee-connected":
+    def later_if_inbound(
+        self, seconds: float, work: Callable[..., Awaitable[None]]
+    ) -> Callable[..., Awaitable[None]]:
+        """``work(peer_id, ...)`` (a libp2p peer ID first), started ``seconds`` late
+        when that peer dialed us: what a new connection asks of a peer (Identify,
+        the gossipsub hello) then does not stand before its first requests, and a
+        client that leaves sooner is spared it. Peers we dial get it at once."""
+        network = self._host.get_network()
+
+        async def later(peer_id: Any, *args: Any) -> None:
+            connections = network.get_connections(peer_id)
+            muxed = getattr(connections[0], "muxed_conn", None) if connections else None
+            if getattr(muxed, "is_initiator_value", True) is False:
                 await trio.sleep(seconds)
-            await identify(peer_id, reason)
+            await work(peer_id, *args)
 
-        host._identify_task_entry = later
+        return later
 
     @property
     def libp2p_host(self) -> Any:

@@ -384,8 +384,8 @@ async def run(size_mib: int, rounds: int, trials: int, echo: Callable[[str], Non
             for r in range(rounds):
                 tag = f" (round {r + 1}/{rounds})"
                 raw_run = functools.partial(raw_throughput, raw, size)
-                one = functools.partial(
-                    get_mbps, providers[:1], size, base / "fetch1", "(b) 1 provider" + tag, shares
+                one = functools.partial(  # (its split is all one provider's: not kept)
+                    get_mbps, providers[:1], size, base / "fetch1", "(b) 1 provider" + tag, {}
                 )
                 three = functools.partial(
                     get_mbps, providers, size, base / "fetch3", "(c) 3 providers" + tag, shares

@@ -544,7 +544,11 @@ class Fetch:
                     self._expand(cid, data)
                     continue
                 if data is None:
-                    await self._request_more()
+                    # ask again only for a block nobody is sending, or to top up
+                    # the window: a want per arriving block would make every
+                    # reply a one-block message
+                    if cid not in self._inflight or len(self._inflight) <= self._refill_below():
+                        await self._request_more()
                     await self._wait()
                     continue
                 offset = self._off[self._pos]
@@ -581,11 +585,14 @@ class Fetch:
             with trio.CancelScope(shield=True):
                 await self._cancel_all()
 
+    def _capacity(self) -> int:
+        cfg = self.bs.config
+        return min(cfg.window, cfg.per_peer_window * max(1, len(self.providers)))
+
     def _refill_below(self) -> int:
         # Top the window up once a quarter of it is free, not after every block:
         # one want message per several blocks, and far fewer scans of the DAG.
-        cfg = self.bs.config
-        capacity = min(cfg.window, cfg.per_peer_window * max(1, len(self.providers)))
+        capacity = self._capacity()
         return capacity - max(1, capacity // 4)
 
     async def read_all(self) -> bytes:
@@ -631,12 +638,12 @@ class Fetch:
         load: defaultdict[PeerId, int] = defaultdict(int)
         for want in self._inflight.values():
             load[want.peer] += 1
-        batches: defaultdict[PeerId, list[WantEntry]] = defaultdict(list)
+        picks: list[tuple[PeerId, CID]] = []
         budget = cfg.window - len(self._inflight)
-        now = time.monotonic()
         needed = False
         i = self._pos
-        while budget > 0 and i < min(len(self._seq), self._pos + cfg.window * 2):
+        lookahead = min(len(self._seq), self._pos + cfg.window * 2)
+        while budget > 0 and i < lookahead:
             cid = self._seq[i]
             i += 1
             if cid.codec == DAG_PB and cid in self._arrived:
@@ -646,6 +653,7 @@ class Fetch:
                     self._wake.set()  # leaves() raises it
                     return
                 i -= 1
+                lookahead = min(len(self._seq), self._pos + cfg.window * 2)
                 continue
             if cid in self._inflight or cid in self._arrived or self.bs.store.has(cid):
                 continue  # (a stored block is read by leaves(): no provider needed)
@@ -662,6 +670,21 @@ class Fetch:
             peer = min(candidates, key=lambda p: load[p])
             load[peer] += 1
             budget -= 1
+            picks.append((peer, cid))
+        if needed and not self.providers:
+            raise NotFoundError(self._why_not_found(self._seq[self._pos]))
+        if not picks:
+            return
+        # Wants go in batches. While the blocks ahead are buffered, unconsumed,
+        # only a few would fit the lookahead; sent one by one, each would wake
+        # the provider for a one-block reply. So hold them back until a batch
+        # fits, unless the block leaves() needs is among them or the file ends.
+        urgent = picks[0][1] == self._seq[self._pos] or i >= len(self._seq)
+        if not urgent and len(picks) < max(1, self._capacity() // 4):
+            return
+        now = time.monotonic()
+        batches: defaultdict[PeerId, list[WantEntry]] = defaultdict(list)
+        for peer, cid in picks:
             self._inflight[cid] = _Want(peer, now)
             self._asked[peer].add(cid)
             path_to = None
@@ -677,8 +700,6 @@ class Fetch:
                 await self.bs.send(peer, BitswapMessage(wants=tuple(wants)))
             except StreamError as exc:
                 self.drop_peer(peer, f"unreachable: {exc}")
-        if needed and not self.providers:
-            raise NotFoundError(self._why_not_found(self._seq[self._pos]))
 
     def _why_not_found(self, cid: CID) -> str:
         parts = [f"no provider left for {cid} (root {self.root})"]

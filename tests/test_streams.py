@@ -17,6 +17,7 @@ from p2p.abc import Stream, StreamRefused
 from p2p.host import INBOUND_WINDOW, Host, HostConfig
 from p2p.keys import NodeKey, PeerId
 from protocols import bitswap_msg as msg
+from protocols.bitswap import BitswapConfig
 from protocols.bitswap_msg import BitswapMessage
 from protocols.cid import CID, DAG_PB, RAW
 from protocols.unixfs import Block, FileImporter, decode_file_node
@@ -231,4 +232,53 @@ async def test_the_path_a_provider_sends_stops_within_its_byte_budget(tmp_path: 
         first = len(whole[0].data)
         cut = alice.bitswap._path_below(by_cid[root].data, 40_000, first + 1)
         assert cut == whole[:1]  # the next block would not fit
+        nursery.cancel_scope.cancel()
+
+
+# -- wants go in batches, even while the consumer lags ---------------------------
+
+LONG = bytes(i % 253 for i in range(256 * 1024))  # 256 leaves of 1 KiB
+
+
+async def test_a_lagging_consumer_still_gets_its_wants_sent_in_batches(tmp_path: Path) -> None:
+    importer = FileImporter(chunk_size=1024)
+    blocks = importer.feed(LONG)
+    root, last = importer.finish()
+    async with trio.open_nursery() as nursery:
+        (alice,) = await start_nodes(nursery, tmp_path, 1, names=["alice"])
+        alice.store.put_many(blocks + last)
+        client = Client()
+        client.bitswap.config = BitswapConfig(window=16, per_peer_window=16)
+        await nursery.start(client.run)
+        sent: list[BitswapMessage] = []
+        send = client.bitswap.send
+        on_message = client.bitswap._on_message
+        arrived = trio.Event()
+
+        async def counting(peer: PeerId, message: BitswapMessage) -> None:
+            sent.append(message)
+            await send(peer, message)
+
+        async def noting(peer: PeerId, message: BitswapMessage) -> None:
+            nonlocal arrived
+            await on_message(peer, message)
+            arrived.set()
+
+        client.bitswap.send = counting  # type: ignore[method-assign]
+        client.bitswap._on_message = noting  # type: ignore[method-assign]
+        got = bytearray()
+        with trio.fail_after(WAIT):
+            peer = await client.connect(alice.host.addrs()[0])
+            fetch = client.bitswap.fetch(root, [peer])
+            async for leaf in fetch.leaves():
+                got += leaf
+                # lag: take the next leaf only once every block asked for is
+                # here, so the lookahead is always full of unread blocks
+                while fetch._inflight:
+                    await arrived.wait()
+                    arrived = trio.Event()
+        assert got == LONG
+        wants = [len(m.wants) for m in sent if m.wants]
+        # a quarter of the window (4) a message; one by one it would be ~220
+        assert len(wants) <= 256 // 4 + 4, wants
         nursery.cancel_scope.cancel()

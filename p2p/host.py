@@ -32,6 +32,7 @@ from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.io.trio import TrioTCPStream
 from libp2p.network.config import ConnectionConfig
+from libp2p.network.stream.net_stream import NetStream as NetStream  # (tests patch its write)
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.protocol_muxer.exceptions import (
@@ -114,9 +115,10 @@ async def dial_each(
 
 
 # Set by Host.open_stream(optimistic=True) for the negotiation it runs (a context
-# variable: it follows that one call, whatever else runs concurrently).
-_optimistic: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "coliving_optimistic_select", default=False
+# variable: it follows that one call, whatever else runs concurrently): the
+# negotiation leaves its proposal here, unsent, for the stream's first write.
+_optimistic: contextvars.ContextVar[list[bytes] | None] = contextvars.ContextVar(
+    "coliving_optimistic_select", default=None
 )
 
 
@@ -378,13 +380,17 @@ def peer_id_from_bytes(raw: bytes) -> PeerId:
 class _NetStream:
     """Adapts a libp2p INetStream to p2p.abc.Stream."""
 
-    __slots__ = ("_peer", "_stream", "_unconfirmed")
+    __slots__ = ("_peer", "_proposal", "_stream", "_unconfirmed")
 
-    def __init__(self, stream: Any, *, unconfirmed: str | None = None) -> None:
+    def __init__(
+        self, stream: Any, *, unconfirmed: str | None = None, proposal: bytes = b""
+    ) -> None:
         self._stream = stream
         self._peer = PeerId(stream.muxed_conn.peer_id.to_base58())
         # an optimistic open: the listener's answer to this protocol is still unread
         self._unconfirmed = unconfirmed
+        # ... and the proposal itself is still unsent: it goes with the first write
+        self._proposal = proposal
 
     @property
     def remote_peer(self) -> PeerId:
@@ -406,6 +412,8 @@ class _NetStream:
             raise StreamRefused(f"{self._peer} refused {protocol} (answered {answer!r})")
 
     async def read(self, max_bytes: int) -> bytes:
+        if self._proposal:
+            await self.write(b"")  # a read before any write: propose first
         if self._unconfirmed is not None:
             await self._confirm(self._unconfirmed)
         try:
@@ -418,12 +426,16 @@ class _NetStream:
             raise StreamError(f"read from {self._peer}: {type(exc).__name__} {exc}") from None
 
     async def write(self, data: bytes) -> None:
+        if self._proposal:
+            data, self._proposal = self._proposal + data, b""
         try:
             await self._stream.write(data)
         except Exception as exc:
             raise StreamError(f"write to {self._peer}: {type(exc).__name__} {exc}") from None
 
     async def close_write(self) -> None:
+        if self._proposal:
+            await self.write(b"")
         try:
             await self._stream.close_write()
         except Exception as exc:
@@ -461,15 +473,19 @@ class _PipelinedMultiselectClient(MultiselectClient):
         if not protocols or not isinstance(communicator, MultiselectCommunicator):
             return await super().select_one_of(protocols, communicator, negotiate_timeout)
         first = protocols[0]
+        proposal = encode_delim(MULTISELECT_PROTOCOL_ID.encode()) + encode_delim(first.encode())
+        unsent = _optimistic.get()
+        if unsent is not None and isinstance(communicator.read_writer, NetStream):
+            # (a stream's protocol, not a connection's security or muxer that a
+            # dial within the same open_stream negotiates)
+            # sent by the stream's first write, its answer read by the first read
+            unsent.append(proposal)
+            return first
         with trio.move_on_after(negotiate_timeout):
             try:
-                await communicator.read_writer.write(
-                    encode_delim(MULTISELECT_PROTOCOL_ID.encode()) + encode_delim(first.encode())
-                )
+                await communicator.read_writer.write(proposal)
             except Exception as exc:
                 raise MultiselectClientError(f"handshake write failed: {exc}") from exc
-            if _optimistic.get():
-                return first  # the answer is read by the stream's first read (_NetStream)
             try:
                 handshake = await communicator.read()
                 if not is_valid_handshake(handshake):
@@ -639,7 +655,8 @@ class Host:
         answer is checked by the stream's first read, so a refusal shows up
         there as StreamError. Use it when the peer is known to speak the protocol.
         """
-        token = _optimistic.set(optimistic)
+        unsent: list[bytes] | None = [] if optimistic else None
+        token = _optimistic.set(unsent)
         try:
             raw = await self._host.new_stream(_libp2p_id(peer), [TProtocol(p) for p in protocols])
         except Exception as exc:
@@ -648,7 +665,9 @@ class Host:
             raise StreamError(f"open {protocols} to {peer}: {type(exc).__name__} {exc}") from None
         finally:
             _optimistic.reset(token)
-        return _NetStream(raw, unconfirmed=str(raw.get_protocol()) if optimistic else None)
+        if not unsent:  # not optimistic, or the negotiation was not ours
+            return _NetStream(raw)
+        return _NetStream(raw, unconfirmed=str(raw.get_protocol()), proposal=b"".join(unsent))
 
     def set_handler(self, protocol: str, handler: StreamHandler) -> None:
         async def adapter(raw: Any) -> None:

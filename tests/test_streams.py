@@ -12,6 +12,7 @@ import pytest
 import trio
 import trio.testing
 
+import p2p.host
 from node import Client
 from p2p.abc import Stream, StreamRefused
 from p2p.host import INBOUND_WINDOW, Host, HostConfig
@@ -66,15 +67,32 @@ async def two_hosts() -> AsyncIterator[tuple[Host, Host, PeerId]]:
         nursery.cancel_scope.cancel()
 
 
-async def test_optimistic_open_carries_the_first_write_and_checks_the_answer() -> None:
+async def test_optimistic_open_carries_the_first_write_and_checks_the_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    writes: list[tuple[object, bytes]] = []
+    libp2p_stream: Any = p2p.host.NetStream  # what a host's streams write through
+    write = libp2p_stream.write
+
+    async def noting(self: Any, data: bytes) -> None:
+        writes.append((self, bytes(data)))
+        await write(self, data)
+
     async with two_hosts() as (a, _, peer):
+        monkeypatch.setattr(libp2p_stream, "write", noting)
         with trio.fail_after(WAIT):
             stream = await a.open_stream(peer, [ECHO], optimistic=True)
+            ours = [w for s, w in writes if s is cast(Any, stream)._stream]
+            assert ours == []  # the proposal waits for the first write
             await stream.write(b"hello")  # sent with the proposal, before any answer
             got = b""
             while len(got) < 5:
                 got += await stream.read(5 - len(got))
         assert got == b"hello"
+        # one write: the multistream header, the protocol, then the data
+        ours = [w for s, w in writes if s is cast(Any, stream)._stream]
+        assert len(ours) == 1 and ours[0].endswith(ECHO.encode() + b"\nhello")
+        assert ours[0].startswith(b"\x13/multistream/1.0.0\n")
 
 
 async def test_optimistic_open_of_a_protocol_the_peer_lacks_is_refused_on_read() -> None:

@@ -15,7 +15,7 @@ import trio.testing
 import p2p.host
 from node import Client
 from p2p.abc import Stream, StreamRefused
-from p2p.host import INBOUND_WINDOW, Host, HostConfig
+from p2p.host import INBOUND_WINDOW, DialError, Host, HostConfig, peer_id_of_key
 from p2p.keys import NodeKey, PeerId
 from protocols import bitswap_msg as msg
 from protocols.bitswap import BitswapConfig
@@ -299,4 +299,33 @@ async def test_a_lagging_consumer_still_gets_its_wants_sent_in_batches(tmp_path:
         wants = [len(m.wants) for m in sent if m.wants]
         # a quarter of the window (4) a message; one by one it would be ~220
         assert len(wants) <= 256 // 4 + 4, wants
+        nursery.cancel_scope.cancel()
+
+
+# -- a dial proposes Noise and Yamux without waiting for the answers -------------
+
+PROPOSAL = b"\x13/multistream/1.0.0\n\x07/noise\n"
+
+
+async def test_a_dial_sends_the_noise_handshake_with_its_proposal_and_a_refusal_fails_it() -> None:
+    heard = bytearray()
+
+    async def refusing_peer(stream: trio.SocketStream) -> None:
+        # only an answer would let a waiting dialer go on: read the handshake's
+        # first message (2-byte length, 32-byte key) before giving any
+        while len(heard) < len(PROPOSAL) + 34:
+            heard.extend(await stream.receive_some(1024))
+        await stream.send_all(b"\x13/multistream/1.0.0\n\x03na\n")
+        await stream.receive_some(1024)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        nursery.start_soon(trio.serve_listeners, refusing_peer, listeners)
+        port = listeners[0].socket.getsockname()[1]
+        a = Host(NodeKey.generate(), HostConfig(listen=("/ip4/127.0.0.1/tcp/0",)))
+        await nursery.start(a.run)
+        addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer_id_of_key(NodeKey.generate())}"
+        with trio.fail_after(WAIT), pytest.raises(DialError):
+            await a.connect(addr)
+        assert heard.startswith(PROPOSAL) and heard[len(PROPOSAL) :][:2] == b"\x00\x20"
         nursery.cancel_scope.cancel()

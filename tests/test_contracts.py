@@ -9,11 +9,6 @@ has a scenario in REVERT_CASES.
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,6 +44,7 @@ from chain.deploy import (
     sign_registration,
 )
 from chain.errors import ChainRevert, decode_revert, decode_revert_data, error_names
+from tests.anvil import start_anvil
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTENT = service_type_id(CONTENT_NODE)
@@ -990,41 +986,10 @@ def test_gas_of_common_operations(env: Env) -> None:
 # -- the same contracts on anvil ------------------------------------------------------------
 
 
-def _anvil_binary() -> str | None:
-    for path in sorted((ROOT / "node_modules" / "@foundry-rs").glob("anvil-*/bin/anvil")):
-        if os.access(path, os.X_OK):
-            return str(path)
-    return shutil.which("anvil")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_anvil_deploy_register_and_custom_error() -> None:
     """On a real node (anvil), web3 raises ContractCustomError: decode_revert reads it too."""
-    binary = _anvil_binary()
-    if binary is None:
-        pytest.skip("anvil not installed (npm ci installs @foundry-rs/anvil)")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [binary, "--host", "127.0.0.1", "--port", str(port), "--quiet", "--accounts", "3"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        w3 = Web3(Web3.HTTPProvider(f"http://127.0.0.1:{port}", request_kwargs={"timeout": 5}))
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                w3.eth.chain_id  # noqa: B018 - readiness probe
-                break
-            except Exception:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.05)
+    with start_anvil(accounts=3) as url:  # ready once it listens and answers eth_chainId
+        w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 5}))
         deployer, owner, _ = list(w3.eth.accounts)
         deployment = deploy_all(w3, deployer=deployer, service_types={CONTENT_NODE: (MIN, MAX)})
         c = bind(w3, deployment)
@@ -1045,6 +1010,3 @@ def test_anvil_deploy_register_and_custom_error() -> None:
             send(w3, owner, c.registry.functions.increaseStake(delegate, MAX))
         revert = decode_revert(excinfo.value)
         assert revert is not None and revert.name == "StakeAboveMaximum"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)

@@ -367,7 +367,30 @@ def machine(load_before: str) -> str:
     )
 
 
-async def run(size_mib: int, rounds: int, trials: int, echo: Callable[[str], None]) -> None:
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` (0: this process) on ``cpus`` (Linux)."""
+    for task in Path(f"/proc/{pid or os.getpid()}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+            os.sched_setaffinity(int(task.name), cpus)
+
+
+def pin(servers: Sequence[Server]) -> str:
+    """This process on the first CPU, the servers round robin on the others: as
+    if each side had its own host. Unpinned, a loopback send() often wakes the
+    peer on the sender's own CPU (the scheduler's wake-affine placement), and
+    the two processes take turns on one core."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return "not pinned (one CPU)"
+    pin_process(0, {cpus[0]})
+    for i, s in enumerate(servers):
+        pin_process(s.process.pid, {cpus[1 + i % (len(cpus) - 1)]})
+    return f"pinned: this process on CPU {cpus[0]}, the servers on CPU {cpus[1:]}"
+
+
+async def run(
+    size_mib: int, rounds: int, trials: int, echo: Callable[[str], None], pinned: bool = False
+) -> None:
     size = size_mib * MIB
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="coliving-bench-") as tmp:
@@ -377,6 +400,8 @@ async def run(size_mib: int, rounds: int, trials: int, echo: Callable[[str], Non
                 f"file: {size_mib} MiB, root {providers[0].info['cid']}; MB = 10^6 bytes;"
                 f" (a), (b), (c) interleaved over {rounds} rounds, medians"
             )
+            if pinned:
+                echo(pin([raw, *providers]))
             a_runs: list[Measured] = []
             b_runs: list[Measured] = []
             c_runs: list[Measured] = []
@@ -441,6 +466,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--quick", action="store_true", help=f"smoke run: {QUICK_SIZE} MiB, 1 round, 3 trials"
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="this process on one CPU, the servers on the others, as if on separate hosts"
+        " (Linux; unpinned, the two sides of a loopback exchange often share one core)",
+    )
     args = parser.parse_args(argv)
     size, rounds, trials = (
         (QUICK_SIZE, 1, 3) if args.quick else (args.size, args.rounds, args.trials)
@@ -457,7 +488,7 @@ def main(argv: list[str] | None = None) -> None:
     def echo(line: str) -> None:
         print(line, flush=True)
 
-    trio.run(run, size, rounds, trials, echo)
+    trio.run(run, size, rounds, trials, echo, args.pin)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 NUMBER = r"[0-9]+(?:\.[0-9]+)?"
 
 
-def quick_run(module: str, tmp_path: Path, *, timeout: float) -> str:
-    """``python -m MODULE --quick`` with its temporary files under ``tmp_path``; its stdout."""
+def quick_run(module: str, tmp_path: Path, *args: str, timeout: float) -> str:
+    """``python -m MODULE --quick ARGS`` with its temporary files under ``tmp_path``; its stdout."""
     result = subprocess.run(
-        [sys.executable, "-m", module, "--quick"],
+        [sys.executable, "-m", module, "--quick", *args],
         cwd=ROOT,
         env={**os.environ, "TMPDIR": str(tmp_path)},
         capture_output=True,
@@ -36,7 +36,8 @@ def quick_run(module: str, tmp_path: Path, *, timeout: float) -> str:
 
 @pytest.mark.slow
 def test_quick_benchmark_prints_the_four_figures(tmp_path: Path) -> None:
-    out = quick_run("bench.transfer", tmp_path, timeout=240)
+    out = quick_run("bench.transfer", tmp_path, "--pin", timeout=240)
+    assert re.search(r"^(pinned: this process on CPU \d+|not pinned)", out, re.M), out
     assert re.search(rf"^\(a\) .*?({NUMBER}) MB/s", out, re.M), out
     assert re.search(rf"^\(b\) .*?({NUMBER}) MB/s .*\(b\)/\(a\) = {NUMBER}", out, re.M), out
     assert re.search(rf"^\(c\) .*?({NUMBER}) MB/s .*\(c\)/\(a\) = {NUMBER}", out, re.M), out

@@ -52,6 +52,10 @@ class GossipConfig:
     hello_inbound_after: float = 0.25
 
 
+# how long the hello to a peer that dialed us waits for that peer's Identify
+IDENTIFY_WAIT = 5.0
+
+
 async def _messages(topic: str, sub: Any) -> AsyncIterator[GossipMessage]:
     async for msg in sub:
         yield GossipMessage(topic, PeerId(ID(msg.from_id).to_base58()), bytes(msg.data))
@@ -63,6 +67,9 @@ class Gossip:
     def __init__(self, host: Host, config: GossipConfig | None = None) -> None:
         self.config = cfg = config or GossipConfig()
         self._host = host
+        # peers that dialed us and listed no gossipsub in Identify: not offered it
+        self.not_offered: set[PeerId] = set()
+        self.not_offered_changed = trio.Event()
         score = ScoreParams(
             p4_invalid_messages=TopicScoreParams(
                 weight=cfg.invalid_message_weight, cap=1e9, decay=0.99
@@ -93,13 +100,30 @@ class Gossip:
 
     def _delay_inbound_hello(self, seconds: float) -> None:
         """Open the gossip stream to a peer that dialed us a moment after it
-        connected (Host.later_if_inbound), as Identify: a client that came for
-        a block does not wait behind it, and one that speaks no gossipsub and
-        leaves sooner is never offered it. A node joining the mesh is the one
-        dialing, so it is not delayed."""
+        connected, as Identify (Host.later_if_inbound): a client that came for
+        a block does not wait behind it, and one that leaves sooner is never
+        offered it. Then only if Identify listed gossipsub, or did not answer:
+        a light client speaks none, and py-libp2p would retry it for as long
+        as it stays, logging an error each time. A node joining the mesh is
+        the one dialing, so it is not delayed."""
         pubsub: Any = self._pubsub
         hello = pubsub._handle_new_peer_with_retry  # pubsub starts one per new peer
-        pubsub._handle_new_peer_with_retry = self._host.later_if_inbound(seconds, hello)
+        host = self._host
+        speaks = set(pubsub.protocols)
+
+        async def hello_if_it_gossips(peer_id: Any, *args: Any) -> None:
+            if host.dialed_us(peer_id):
+                await trio.sleep(seconds)
+                listed = await host.identified_protocols(peer_id, wait=IDENTIFY_WAIT)
+                if listed is not None and not listed & speaks:
+                    log.debug("%s speaks no gossipsub: not offered it", peer_id)
+                    self.not_offered.add(PeerId(peer_id.to_base58()))
+                    self.not_offered_changed.set()
+                    self.not_offered_changed = trio.Event()
+                    return
+            await hello(peer_id, *args)
+
+        pubsub._handle_new_peer_with_retry = hello_if_it_gossips
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with background_trio_service(self._pubsub), background_trio_service(self._router):

@@ -586,6 +586,8 @@ class Host:
         swarm.auto_connector.maybe_connect = _no_auto_dial
         if self.config.identify_inbound_after > 0:
             self._delay_inbound_identify(self.config.identify_inbound_after)
+        self._identify_ended: dict[Any, trio.Event] = {}
+        self._note_identify_ends()
         if not self.config.identify:
             # BasicHost asks this before each outbound Identify
             cast(Any, self._host)._should_identify_peer = _never
@@ -604,19 +606,51 @@ class Host:
         host: Any = self._host
         host._identify_task_entry = self.later_if_inbound(seconds, host._identify_task_entry)
 
+    def _note_identify_ends(self) -> None:
+        host: Any = self._host
+        identify = host._identify_task_entry
+
+        async def noted(peer_id: Any, *args: Any) -> None:
+            try:
+                await identify(peer_id, *args)
+            finally:
+                ended = self._identify_ended.pop(peer_id, None)
+                if ended is not None:
+                    ended.set()
+
+        host._identify_task_entry = noted
+
+    async def identified_protocols(self, peer_id: Any, *, wait: float) -> set[str] | None:
+        """The protocols a peer (a libp2p ID) listed in Identify, waiting up to
+        ``wait`` s for a running or coming Identify; None if none succeeded."""
+        host: Any = self._host
+        if peer_id not in host._identified_peers and self.config.identify:
+            ended = self._identify_ended.setdefault(peer_id, trio.Event())
+            with trio.move_on_after(wait):
+                await ended.wait()
+        if peer_id not in host._identified_peers:
+            return None
+        try:
+            return {str(p) for p in host.get_peerstore().get_protocols(peer_id)}
+        except Exception:
+            return None
+
+    def dialed_us(self, peer_id: Any) -> bool:
+        """Whether our connection to ``peer_id`` (a libp2p ID) is one it dialed."""
+        connections = self._host.get_network().get_connections(peer_id)
+        muxed = getattr(connections[0], "muxed_conn", None) if connections else None
+        return getattr(muxed, "is_initiator_value", True) is False
+
     def later_if_inbound(
         self, seconds: float, work: Callable[..., Awaitable[None]]
     ) -> Callable[..., Awaitable[None]]:
         """``work(peer_id, ...)`` (a libp2p peer ID first), started ``seconds`` late
-        when that peer dialed us: what a new connection asks of a peer (Identify,
-        the gossipsub hello) then does not stand before its first requests, and a
-        client that leaves sooner is spared it. Peers we dial get it at once."""
-        network = self._host.get_network()
+        when that peer dialed us: what a new connection asks of a peer (Identify)
+        then does not stand before its first requests, and a client that leaves
+        sooner is spared it. Peers we dial get it at once."""
 
         async def later(peer_id: Any, *args: Any) -> None:
-            connections = network.get_connections(peer_id)
-            muxed = getattr(connections[0], "muxed_conn", None) if connections else None
-            if getattr(muxed, "is_initiator_value", True) is False:
+            if self.dialed_us(peer_id):
                 await trio.sleep(seconds)
             await work(peer_id, *args)
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import pytest
 import trio
 
 from node import Client, Node
+from p2p.gossip import Gossip
 from protocols import announce
 from protocols.cid import CID
 from protocols.errors import NotFoundError
@@ -167,3 +169,21 @@ async def test_identity_is_stable_across_restarts(tmp_path: Path) -> None:
         nursery.cancel_scope.cancel()
     # the store is closed and unlocked after a stop
     BlockStore.open(tmp_path / "n" / "store").close()
+
+
+async def test_a_client_that_speaks_no_gossipsub_is_not_offered_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with trio.open_nursery() as nursery:
+        (alice,) = await start_nodes(nursery, tmp_path, 1, names=["alice"])
+        gossip = cast(Gossip, alice.gossip)
+        client = Client()
+        await nursery.start(client.run)
+        with trio.fail_after(20):
+            await client.connect(alice.host.addrs()[0])
+            # alice asks the client to Identify, reads no gossipsub in its answer
+            while client.host.peer_id not in gossip.not_offered:
+                await gossip.not_offered_changed.wait()
+        # py-libp2p would have tried, failed and logged an error, then tried again
+        assert not [r for r in caplog.records if "meshsub" in r.getMessage()]
+        nursery.cancel_scope.cancel()

@@ -130,11 +130,24 @@ def decode_file_node(block: bytes | memoryview) -> FileNode:
 # field 2 empty (Name), field 3 (Tsize, a minimal uvarint); the byte after the
 # link's tag is its length. One blocksize: UnixFS field 4 (VARINT), minimal.
 _UVARINT: Final = rb"((?:[\x80-\xff]{1,8}[\x01-\x7f])|[\x00-\x7f])"  # minimal, at most 9 bytes
-_LINK: Final = re.compile(
-    rb"\x12([\x2a-\x7f])\x0a\x24\x01([\x55\x70])\x12\x20(.{32})\x12\x00\x18" + _UVARINT,
+_LINK_BODY: Final = rb"\x0a\x24\x01([\x55\x70])\x12\x20(.{32})\x12\x00\x18"
+_LINK: Final = re.compile(rb"\x12[\x2a-\x32]" + _LINK_BODY + _UVARINT, re.DOTALL)
+# A run of links, checked in one match: each link's length byte is 0x29 + n for
+# a Tsize of n bytes, so a link can only end where its length byte says.
+_LINK_RUN: Final = re.compile(
+    rb"(?:\x12(?:"
+    + rb"|".join(
+        re.escape(bytes((0x29 + n,)))
+        + _LINK_BODY.replace(b"(", b"(?:")
+        + rb"[\x80-\xff]" * (n - 1)
+        + tail
+        for n, tail in [(1, rb"[\x00-\x7f]")] + [(n, rb"[\x01-\x7f]") for n in range(2, 10)]
+    )
+    + rb"))*",
     re.DOTALL,
 )
 _BLOCKSIZE: Final = re.compile(rb"\x20" + _UVARINT)
+_BLOCKSIZE_RUN: Final = re.compile(rb"(?:\x20(?:[\x80-\xff]{1,8}[\x01-\x7f]|[\x00-\x7f]))*")
 _HEAD: Final = re.compile(rb"\x08([\x00-\x7f])\x18" + _UVARINT)
 _LENGTH: Final = re.compile(_UVARINT)
 
@@ -155,25 +168,22 @@ def _decode_canonical(buf: bytes) -> FileNode | None:
     parts = _canonical_parts(buf)
     if parts is None:
         return None
-    matches, kind, filesize, blocksizes = parts
-    links = [Link(CID(m[2][0], m[3]), _varint(m[4])) for m in matches]
+    links_end, kind, filesize, blocksizes = parts
+    links = [
+        Link(CID(codec[0], digest), _varint(tsize))
+        for codec, digest, tsize in _LINK.findall(buf, 0, links_end)
+    ]
     return _file_node(links, kind, filesize, blocksizes, b"")
 
 
-def _canonical_parts(buf: bytes) -> tuple[list[re.Match[bytes]], int, int, list[int]] | None:
-    """A canonical node's link matches, Type, filesize and blocksizes; or None.
+def _canonical_parts(buf: bytes) -> tuple[int, int, int, list[int]] | None:
+    """A canonical node's end of links, Type, filesize and blocksizes; or None.
 
-    Links and blocksizes are found by two compiled patterns; each match must
-    start where the previous one ended, so a match inside a digest can never
-    stand in for a link (the layout would no longer be contiguous).
+    Each run (the links, the blocksizes) is checked by one anchored match, so
+    its parts are contiguous: a match inside a digest can never stand in for a
+    link. The links are read later, by the caller, from that checked run.
     """
-    matches: list[re.Match[bytes]] = []
-    pos = 0
-    for m in _LINK.finditer(buf):
-        if m.start() != pos or m[1][0] != 41 + len(m[4]):
-            break
-        matches.append(m)
-        pos = m.end()
+    pos = _LINK_RUN.match(buf).end()  # type: ignore[union-attr]  # (* matches empty)
     end = len(buf)
     # Data: 0x0a, length, UnixFS message, and nothing after it
     if pos >= end or buf[pos] != 0x0A:
@@ -188,16 +198,11 @@ def _canonical_parts(buf: bytes) -> tuple[list[re.Match[bytes]], int, int, list[
     head = _HEAD.match(buf, start)
     if head is None:
         return None
-    blocksizes: list[int] = []
-    pos = head.end()
-    for m in _BLOCKSIZE.finditer(buf, pos):
-        if m.start() != pos:
-            return None
-        blocksizes.append(_varint(m[1]))
-        pos = m.end()
-    if pos != end or len(blocksizes) != len(matches):
+    run = _BLOCKSIZE_RUN.match(buf, head.end())
+    if run is None or run.end() != end:
         return None
-    return matches, head[1][0], _varint(head[2]), blocksizes
+    blocksizes = [_varint(raw) for raw in _BLOCKSIZE.findall(buf, head.end(), end)]
+    return pos, head[1][0], _varint(head[2]), blocksizes
 
 
 def child_at(block: bytes, offset: int) -> tuple[CID, int] | None:
@@ -212,13 +217,14 @@ def child_at(block: bytes, offset: int) -> tuple[CID, int] | None:
         node = decode_file_node(buf)
         found = _index_under(node.blocksizes, offset - len(node.data))
         return None if found is None else (node.links[found[0]].cid, found[1])
-    matches, kind, filesize, blocksizes = parts
-    _checked_filesize(kind, filesize, blocksizes, len(matches), 0)
+    links_end, kind, filesize, blocksizes = parts
+    links = _LINK.findall(buf, 0, links_end)  # (tuples of bytes: no CIDs built)
+    _checked_filesize(kind, filesize, blocksizes, len(links), 0)
     found = _index_under(blocksizes, offset)
     if found is None:
         return None
-    m = matches[found[0]]
-    return CID(m[2][0], m[3]), found[1]
+    codec, digest, _ = links[found[0]]
+    return CID(codec[0], digest), found[1]
 
 
 def _index_under(blocksizes: Sequence[int], offset: int) -> tuple[int, int] | None:

@@ -33,6 +33,7 @@ from p2p.abc import TaskStatus
 from p2p.keys import PeerId
 from protocols.cid import CID
 from protocols.errors import DecodingError
+from protocols.wire import cbor_exact
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +74,7 @@ def encode(ann: Announcement) -> bytes:
 def decode(data: bytes) -> Announcement:
     if len(data) > MAX_BYTES:
         raise DecodingError("announcement too large")
-    try:
-        obj: Any = cbor2.loads(data)
-    except Exception as exc:  # cbor2 raises several types on garbage
-        raise DecodingError(f"announcement is not CBOR: {exc}") from None
+    obj: Any = cbor_exact(data, "announcement")
     if not isinstance(obj, dict) or set(obj) != _KEYS:
         raise DecodingError("announcement must be a map with keys v, t, ttl, addrs, roots")
     if obj["v"] != 1:

@@ -25,7 +25,7 @@ import cbor2
 from p2p.abc import Stream
 from protocols.cid import CID
 from protocols.errors import DecodingError, ProtocolError
-from protocols.wire import FrameReader, write_frame
+from protocols.wire import FrameReader, cbor_exact, write_frame
 
 PROTOCOL: Final = "/coliving/query/1.0.0"
 MAX_REQUEST: Final = 1024
@@ -41,10 +41,7 @@ REPLY_TIMEOUT: Final = 10.0
 def decode_request(data: bytes) -> tuple[int, str, dict[str, Any]]:
     if len(data) > MAX_REQUEST:
         raise DecodingError(f"query over {MAX_REQUEST} bytes")
-    try:
-        obj: Any = cbor2.loads(data)
-    except Exception as exc:
-        raise DecodingError(f"query is not CBOR: {exc}") from None
+    obj: Any = cbor_exact(data, "query")
     if not isinstance(obj, dict):
         raise DecodingError("query must be a map")
     msg_id, op = obj.get("id"), obj.get("op")
@@ -90,10 +87,7 @@ async def ask(stream: Stream, op: str, **args: Any) -> dict[str, Any]:
     await stream.close()
     if data is None:
         raise ProtocolError("the node closed the stream without answering")
-    try:
-        reply: Any = cbor2.loads(data)
-    except Exception as exc:
-        raise DecodingError(f"reply is not CBOR: {exc}") from None
+    reply: Any = cbor_exact(data, "reply")
     if not isinstance(reply, dict) or reply.get("id") != msg_id:
         raise DecodingError("reply does not match the query id")
     if "error" in reply:

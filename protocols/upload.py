@@ -27,7 +27,7 @@ from p2p.abc import Stream, StreamError
 from protocols.cid import CID
 from protocols.errors import DecodingError
 from protocols.unixfs import Block, FileImporter
-from protocols.wire import FrameReader, write_frame
+from protocols.wire import FrameReader, cbor_exact, write_frame
 from store.blockstore import BlockStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,7 @@ class UploadError(Exception):
 def decode_header(data: bytes) -> tuple[str, int | None]:
     if len(data) > MAX_HEADER:
         raise DecodingError(f"upload header over {MAX_HEADER} bytes")
-    try:
-        obj: Any = cbor2.loads(data)
-    except Exception as exc:
-        raise DecodingError(f"upload header is not CBOR: {exc}") from None
+    obj: Any = cbor_exact(data, "upload header")
     if not isinstance(obj, dict) or set(obj) - {"name", "size"}:
         raise DecodingError("upload header must be a map with keys name, size")
     name, size = obj.get("name", ""), obj.get("size")
@@ -161,7 +158,7 @@ async def upload(
     if reply is None:
         raise UploadError("the node closed the stream without a reply")
     try:
-        obj: Any = cbor2.loads(reply)
+        obj: Any = cbor_exact(reply, "reply")
         if obj.get("ok") is True:
             replicas = obj.get("replicas")
             return Uploaded(

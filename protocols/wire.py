@@ -6,6 +6,11 @@ caller's bound raises DecodingError before any of the payload is buffered.
 
 from __future__ import annotations
 
+import io
+from typing import Any
+
+import cbor2
+
 from p2p.abc import Stream, StreamError
 from protocols.cid import encode_uvarint
 from protocols.errors import DecodingError
@@ -100,3 +105,20 @@ async def write_frame(stream: Stream, payload: bytes) -> None:
 
 
 __all__ = ["DecodingError", "FrameReader", "StreamError", "frame", "write_frame"]
+
+
+def cbor_exact(data: bytes, what: str) -> Any:
+    """One CBOR item that is the whole of ``data`` (DecodingError otherwise).
+
+    cbor2.loads stops after the first item and ignores what follows, so two
+    different byte strings would be one message; a wire message has no room
+    for bytes after it.
+    """
+    buf = io.BytesIO(data)
+    try:
+        obj = cbor2.CBORDecoder(buf).decode()
+    except Exception as exc:  # cbor2 raises several types on garbage
+        raise DecodingError(f"{what} is not CBOR: {exc}") from None
+    if buf.tell() != len(data):
+        raise DecodingError(f"{what} has {len(data) - buf.tell()} bytes after its CBOR item")
+    return obj

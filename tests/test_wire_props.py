@@ -875,6 +875,31 @@ def test_query_request_garbage(data: bytes) -> None:
         assert req[1] in query.OPS
 
 
+Decoder = Callable[[bytes], object]
+
+
+@PROPS
+@given(
+    st.one_of(
+        announcements.map(lambda a: (announce.decode, announce.encode(a))),
+        query_requests().map(lambda r: (query.decode_request, encode_request(r))),
+        st.tuples(header_names, header_sizes).map(
+            lambda h: (upload.decode_header, cbor2.dumps({"name": h[0], "size": h[1]}))
+        ),
+    ),
+    st.binary(min_size=1, max_size=16),
+)
+def test_a_cbor_message_with_bytes_after_it_is_refused(
+    case: tuple[Decoder, bytes], junk: bytes
+) -> None:
+    # one message, one encoding: a decoder that stopped after the item would
+    # take two different byte strings (say, two gossip message IDs) as one
+    decode, data = case
+    decode(data)
+    with pytest.raises(DecodingError):
+        decode(data + junk)
+
+
 def test_query_request_oversized_is_refused() -> None:
     with pytest.raises(DecodingError):
         query.decode_request(cbor2.dumps({"id": 1, "op": "peers"}) + bytes(query.MAX_REQUEST))

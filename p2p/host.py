@@ -377,10 +377,41 @@ def peer_id_from_bytes(raw: bytes) -> PeerId:
     return PeerId(ID(raw).to_base58())
 
 
+MULTISTREAM_READ = 4096  # one read for a listener's answer (and whatever follows it)
+MULTISTREAM_LINE = 1024  # longest multistream line accepted (a protocol name and "\n")
+
+
+def _multistream_line(buf: bytes) -> tuple[str, bytes] | None:
+    """The first multistream message of ``buf`` (its text, without the newline)
+    and the bytes after it; None while it is incomplete."""
+    length = shift = 0
+    for i, byte in enumerate(buf[:2]):
+        length |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            if byte == 0 and i > 0:
+                raise ValueError("multistream line length not minimally encoded")
+            start = i + 1
+            break
+        shift += 7
+    else:
+        if len(buf) >= 2:
+            raise ValueError("multistream line length over two bytes")
+        return None
+    if length > MULTISTREAM_LINE:
+        raise ValueError(f"multistream line of {length} bytes")
+    end = start + length
+    if len(buf) < end:
+        return None
+    line = buf[start:end]
+    if not line.endswith(b"\n"):
+        raise ValueError("multistream line without its newline")
+    return line[:-1].decode(), buf[end:]
+
+
 class _NetStream:
     """Adapts a libp2p INetStream to p2p.abc.Stream."""
 
-    __slots__ = ("_peer", "_proposal", "_stream", "_unconfirmed")
+    __slots__ = ("_peer", "_prefix", "_proposal", "_stream", "_unconfirmed")
 
     def __init__(
         self, stream: Any, *, unconfirmed: str | None = None, proposal: bytes = b""
@@ -391,6 +422,7 @@ class _NetStream:
         self._unconfirmed = unconfirmed
         # ... and the proposal itself is still unsent: it goes with the first write
         self._proposal = proposal
+        self._prefix = b""  # read with the answer, not yet returned
 
     @property
     def remote_peer(self) -> PeerId:
@@ -398,24 +430,41 @@ class _NetStream:
 
     async def _confirm(self, protocol: str) -> None:
         """Read the listener's answer to an optimistic open: its header, then the
-        protocol echoed back, or "na" (the peer refused it: StreamError)."""
+        protocol echoed back, or "na" (the peer refused it: StreamError).
+
+        Both usually come in one frame: they are cut from whatever one read
+        returns (py-libp2p's reader takes four: a length, a line, a length, a
+        line), and what follows them is kept for the stream's next read."""
         self._unconfirmed = None
-        communicator = MultiselectCommunicator(self._stream)
+        buf = b""
+        answers: list[str] = []
         try:
-            handshake = await communicator.read()
-            answer = await communicator.read()
+            while len(answers) < 2:
+                taken = _multistream_line(buf)
+                if taken is None:
+                    chunk = await self._stream.read(MULTISTREAM_READ)
+                    if not chunk:
+                        raise EOFError("the stream ended")
+                    buf += chunk
+                    continue
+                answers.append(taken[0])
+                buf = taken[1]
         except Exception as exc:
             if isinstance(exc, trio.Cancelled):
                 raise
             raise StreamError(f"{self._peer} never answered {protocol}: {exc}") from None
-        if not is_valid_handshake(handshake) or answer != protocol:
-            raise StreamRefused(f"{self._peer} refused {protocol} (answered {answer!r})")
+        self._prefix = buf
+        if not is_valid_handshake(answers[0]) or answers[1] != protocol:
+            raise StreamRefused(f"{self._peer} refused {protocol} (answered {answers[1]!r})")
 
     async def read(self, max_bytes: int) -> bytes:
         if self._proposal:
             await self.write(b"")  # a read before any write: propose first
         if self._unconfirmed is not None:
             await self._confirm(self._unconfirmed)
+        if self._prefix:
+            out, self._prefix = self._prefix[:max_bytes], self._prefix[max_bytes:]
+            return out
         try:
             return bytes(await self._stream.read(max_bytes))
         except EOFError:

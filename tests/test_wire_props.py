@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from chain.oracle import AllowlistOracle
 from p2p.abc import StreamError
+from p2p.host import _multistream_line as multistream_line
 from p2p.keys import PeerId
 from protocols import announce, pb, query, upload, wire
 from protocols import bitswap_msg as msg
@@ -1053,3 +1054,43 @@ def test_frame_length_prefix_bounds() -> None:
     short = ScriptedStream([b"abc"])
     with pytest.raises(DecodingError):
         run_bounded(lambda: wire.FrameReader(short).read_exact(4))
+
+
+# -- multistream lines (p2p.host: an optimistic stream reads the answer itself) ----------
+
+
+def _line(text: str) -> bytes:
+    body = text.encode() + b"\n"
+    return encode_uvarint(len(body)) + body
+
+
+@PROPS
+@given(st.text(max_size=200).filter(lambda t: "\n" not in t), st.binary(max_size=64))
+def test_multistream_line_roundtrip(text: str, after: bytes) -> None:
+    data = _line(text) + after
+    assert multistream_line(data) == (text, after)
+    for cut in range(len(data) - len(after)):
+        assert multistream_line(data[:cut]) is None  # incomplete: read more
+
+
+@PROPS
+@given(st.binary(max_size=100))
+def test_multistream_line_garbage(data: bytes) -> None:
+    try:
+        taken = multistream_line(data)
+    except ValueError:
+        return
+    if taken is not None:
+        text, rest = taken
+        assert _line(text) + rest == data
+
+
+def test_multistream_line_bounds() -> None:
+    with pytest.raises(ValueError):
+        multistream_line(b"\xff\xff\x01")  # a length over two bytes
+    with pytest.raises(ValueError):
+        multistream_line(encode_uvarint(2000) + bytes(2000))  # over 1 KiB
+    with pytest.raises(ValueError):
+        multistream_line(b"\x02ab")  # no newline
+    with pytest.raises(ValueError):
+        multistream_line(b"\x82\x00ab")  # a length not minimally encoded

@@ -31,6 +31,7 @@ from libp2p.crypto.secp256k1 import Secp256k1PublicKey, create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.io.trio import TrioTCPStream
+from libp2p.io.utils import read_exactly
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.stream.net_stream import NetStream as NetStream  # (tests patch its write)
 from libp2p.peer.id import ID
@@ -38,13 +39,17 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.protocol_muxer.exceptions import (
     MultiselectClientError,
     MultiselectCommunicatorError,
+    MultiselectError,
     ProtocolNotSupportedError,
 )
+from libp2p.protocol_muxer.multiselect import Multiselect
 from libp2p.protocol_muxer.multiselect_client import (
     MULTISELECT_PROTOCOL_ID,
     PROTOCOL_NOT_FOUND_MSG,
-    MultiselectClient,
     is_valid_handshake,
+)
+from libp2p.protocol_muxer.multiselect_client import (
+    MultiselectClient as MultiselectClient,  # (tests use the stock client)
 )
 from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
 from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH as NOISE_MAX_PLAINTEXT
@@ -406,6 +411,89 @@ def _multistream_line(buf: bytes) -> tuple[str, bytes] | None:
     if not line.endswith(b"\n"):
         raise ValueError("multistream line without its newline")
     return line[:-1].decode(), buf[end:]
+
+
+_py_negotiate = Multiselect.negotiate
+
+
+async def _negotiate_from_one_read(
+    self: Any, communicator: Any, negotiate_timeout: int = 30
+) -> tuple[Any, Any]:
+    """multistream-select, listener side, for a stream: a pipelined proposal
+    (the header and a protocol in one frame, as go, js and this host send)
+    is read at once and answered in one write.
+
+    py-libp2p's listener writes its header, then reads the dialer's header
+    and protocol in four reads, then writes the answer. Here the first byte
+    is read, the rest of the two lines is looked up in the stream's Yamux
+    buffer, and exactly those bytes are taken: what follows stays for the
+    protocol's handler. Anything else (a dialer that waits for our header, a
+    proposal split over frames, "na" and a second try, "ls") goes on as
+    py-libp2p's listener does, with our header sent first.
+    """
+    rw = communicator.read_writer
+    muxed = getattr(rw, "muxed_stream", None)
+    buffers = getattr(getattr(muxed, "conn", None), "stream_buffers", None)
+    if muxed is None or not isinstance(buffers, dict):
+        return cast(tuple[Any, Any], await _py_negotiate(self, communicator, negotiate_timeout))
+    try:
+        with trio.fail_after(negotiate_timeout):
+            first = await rw.read(1)
+            seen = first + bytes(buffers.get(muxed.stream_id, b"")[:MULTISTREAM_READ])
+            header = _multistream_line(seen)
+            proposal = None if header is None else _multistream_line(header[1])
+            if header is None or proposal is None or not is_valid_handshake(header[0]):
+                # not a whole pipelined proposal: py-libp2p's way, after the first byte
+                return await _negotiate_rest(self, communicator, first)
+            command, after = proposal
+            await read_exactly(rw, len(seen) - len(after) - 1)  # the two lines only
+            handler = self.handlers.get(command) if command else None
+            answer = command if handler is not None else PROTOCOL_NOT_FOUND_MSG
+            await rw.write(
+                encode_delim(MULTISELECT_PROTOCOL_ID.encode()) + encode_delim(answer.encode())
+            )
+            if handler is not None:
+                return TProtocol(command), handler
+            return await _commands(self, communicator)
+    except trio.TooSlowError:
+        raise MultiselectError("handshake read timeout") from None
+    except MultiselectError:
+        raise
+    except Exception as exc:
+        if isinstance(exc, trio.Cancelled):
+            raise
+        raise MultiselectError(f"negotiation failed: {exc}") from exc
+
+
+async def _negotiate_rest(self: Any, communicator: Any, first: bytes) -> tuple[Any, Any]:
+    """The listener's way once the header's first byte is read: finish reading
+    the dialer's header, send ours, then answer commands."""
+    rw = communicator.read_writer
+    if first[0] & 0x80:
+        raise MultiselectError("multistream header length over one byte")
+    handshake = (await read_exactly(rw, first[0]))[:-1].decode()
+    if not is_valid_handshake(handshake):
+        raise MultiselectError(f"multiselect protocol ID mismatch: {handshake!r}")
+    await rw.write(encode_delim(MULTISELECT_PROTOCOL_ID.encode()))
+    return await _commands(self, communicator)
+
+
+async def _commands(self: Any, communicator: Any) -> tuple[Any, Any]:
+    """Answer "ls" and proposals until one names a protocol we speak."""
+    while True:
+        command = await communicator.read()
+        if command == "ls":
+            listed = "\n".join(p for p in self.handlers if p is not None) + "\n"
+            await communicator.write(listed)
+            continue
+        handler = self.handlers.get(command) if command else None
+        if handler is not None:
+            await communicator.write(command)
+            return TProtocol(command), handler
+        await communicator.write(PROTOCOL_NOT_FOUND_MSG)
+
+
+Multiselect.negotiate = _negotiate_from_one_read  # type: ignore[method-assign]
 
 
 class _NetStream:

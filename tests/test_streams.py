@@ -67,19 +67,25 @@ async def two_hosts() -> AsyncIterator[tuple[Host, Host, PeerId]]:
         nursery.cancel_scope.cancel()
 
 
-async def test_optimistic_open_carries_the_first_write_and_checks_the_answer(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    writes: list[tuple[object, bytes]] = []
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, bytes]]:
+    """Every write of every libp2p stream from now on, with the stream written to."""
+    noted: list[tuple[Any, bytes]] = []
     libp2p_stream: Any = p2p.host.NetStream  # what a host's streams write through
     write = libp2p_stream.write
 
     async def noting(self: Any, data: bytes) -> None:
-        writes.append((self, bytes(data)))
+        noted.append((self, bytes(data)))
         await write(self, data)
 
+    monkeypatch.setattr(libp2p_stream, "write", noting)
+    return noted
+
+
+async def test_optimistic_open_carries_the_first_write_and_checks_the_answer(
+    writes: list[tuple[Any, bytes]],
+) -> None:
     async with two_hosts() as (a, _, peer):
-        monkeypatch.setattr(libp2p_stream, "write", noting)
         with trio.fail_after(WAIT):
             stream = await a.open_stream(peer, [ECHO], optimistic=True)
             ours = [w for s, w in writes if s is cast(Any, stream)._stream]
@@ -304,7 +310,8 @@ async def test_a_lagging_consumer_still_gets_its_wants_sent_in_batches(tmp_path:
 
 # -- a dial proposes Noise and Yamux without waiting for the answers -------------
 
-PROPOSAL = b"\x13/multistream/1.0.0\n\x07/noise\n"
+PROPOSAL_HEADER = b"\x13/multistream/1.0.0\n"
+PROPOSAL = PROPOSAL_HEADER + b"\x07/noise\n"
 
 
 async def test_a_dial_sends_the_noise_handshake_with_its_proposal_and_a_refusal_fails_it() -> None:
@@ -329,3 +336,40 @@ async def test_a_dial_sends_the_noise_handshake_with_its_proposal_and_a_refusal_
             await a.connect(addr)
         assert heard.startswith(PROPOSAL) and heard[len(PROPOSAL) :][:2] == b"\x00\x20"
         nursery.cancel_scope.cancel()
+
+
+# -- the listener's side of multistream-select ----------------------------------
+
+
+async def test_the_listener_answers_a_pipelined_proposal_in_one_write(
+    writes: list[tuple[Any, bytes]],
+) -> None:
+    async with two_hosts() as (a, _, peer):
+        writes.clear()  # (the connection's own, Identify's)
+        with trio.fail_after(WAIT):
+            stream = await a.open_stream(peer, [ECHO], optimistic=True)
+            await stream.write(b"hello")  # with the proposal: it must reach the handler
+            assert await stream.read(5) == b"hello"
+        ours = cast(Any, stream)._stream
+        sid = ours.muxed_stream.stream_id
+        theirs = [w for s, w in writes if s is not ours and s.muxed_stream.stream_id == sid]
+        # the header and the answer together, then the echo
+        assert theirs == [PROPOSAL_HEADER + b"\x1a" + ECHO.encode() + b"\n", b"hello"]
+
+
+async def test_the_listener_answers_a_dialer_that_waits_for_its_header() -> None:
+    async with two_hosts() as (a, _, peer):
+        # py-libp2p's own client: the header, then (once echoed) the protocol
+        a.libp2p_host.multiselect_client = p2p.host.MultiselectClient()
+        with trio.fail_after(WAIT):
+            stream = await a.open_stream(peer, [ECHO])
+            await stream.write(b"hello")
+            assert await stream.read(5) == b"hello"
+
+
+async def test_the_listener_refuses_an_unknown_protocol_then_takes_the_next() -> None:
+    async with two_hosts() as (a, _, peer):
+        with trio.fail_after(WAIT):
+            stream = await a.open_stream(peer, ["/coliving/test/none/1.0.0", ECHO])
+            await stream.write(b"hello")
+            assert await stream.read(5) == b"hello"

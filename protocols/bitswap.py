@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -58,6 +59,9 @@ class Network(Protocol):
 
 BadPeerHook = Callable[[PeerId, str], None]
 
+# a peer whose wants ran out this long ago is starting afresh: its first reply is one block
+PAUSE = 0.05
+
 
 @dataclass(frozen=True)
 class BitswapConfig:
@@ -86,6 +90,7 @@ class _Ledger:
 
     wants: OrderedDict[CID, WantEntry] = field(default_factory=OrderedDict)
     wake: trio.Event = field(default_factory=trio.Event)
+    idle_since: float = -math.inf  # when its wants last ran out (trio clock)
 
 
 class Bitswap:
@@ -207,10 +212,14 @@ class Bitswap:
                 ledger.wake = trio.Event()
                 # The first reply after a pause carries one block, so the first
                 # byte is not held back behind a whole batch; then full batches.
-                limit = 1
+                # A fetch in full flow runs out of wants for a moment between
+                # two of its batches: no pause, no one-block reply.
+                paused = trio.current_time() - ledger.idle_since >= PAUSE
+                limit = 1 if paused else self.config.batch_bytes
                 while ledger.wants:
                     await self.send(peer, self._next_reply(ledger, limit))
                     limit = self.config.batch_bytes
+                ledger.idle_since = trio.current_time()
         except StreamError as exc:
             log.debug("stopped serving %s: %s", peer, exc)
         finally:

@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 import p2p.host
-from node import Client
+from node import Client, Node
 from p2p.abc import Stream, StreamRefused
 from p2p.host import INBOUND_WINDOW, DialError, Host, HostConfig, peer_id_of_key
 from p2p.keys import NodeKey, PeerId
@@ -264,16 +264,26 @@ async def test_the_path_a_provider_sends_stops_within_its_byte_budget(tmp_path: 
 LONG = bytes(i % 253 for i in range(256 * 1024))  # 256 leaves of 1 KiB
 
 
-async def test_a_lagging_consumer_still_gets_its_wants_sent_in_batches(tmp_path: Path) -> None:
-    importer = FileImporter(chunk_size=1024)
-    blocks = importer.feed(LONG)
+async def holder_and_client(
+    nursery: trio.Nursery, tmp_path: Path, data: bytes, importer: FileImporter
+) -> tuple[Node, Client, CID]:
+    """A node holding ``data`` (as ``importer`` cuts it), and a running client
+    whose fetches keep 16 wants in flight and top them up by 4."""
+    blocks = importer.feed(data)
     root, last = importer.finish()
+    (alice,) = await start_nodes(nursery, tmp_path, 1, names=["alice"])
+    alice.store.put_many(blocks + last)
+    client = Client()
+    client.bitswap.config = BitswapConfig(window=16, per_peer_window=16)
+    await nursery.start(client.run)
+    return alice, client, root
+
+
+async def test_a_lagging_consumer_still_gets_its_wants_sent_in_batches(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
-        (alice,) = await start_nodes(nursery, tmp_path, 1, names=["alice"])
-        alice.store.put_many(blocks + last)
-        client = Client()
-        client.bitswap.config = BitswapConfig(window=16, per_peer_window=16)
-        await nursery.start(client.run)
+        alice, client, root = await holder_and_client(
+            nursery, tmp_path, LONG, FileImporter(chunk_size=1024)
+        )
         sent: list[BitswapMessage] = []
         send = client.bitswap.send
         on_message = client.bitswap._on_message
@@ -373,3 +383,26 @@ async def test_the_listener_refuses_an_unknown_protocol_then_takes_the_next() ->
             stream = await a.open_stream(peer, ["/coliving/test/none/1.0.0", ECHO])
             await stream.write(b"hello")
             assert await stream.read(5) == b"hello"
+
+
+async def test_a_fetch_in_full_flow_gets_full_replies_not_one_block_ones(tmp_path: Path) -> None:
+    data = os.urandom(64 * 256 * 1024)  # 64 leaves of 256 KiB
+    async with trio.open_nursery() as nursery:
+        alice, client, root = await holder_and_client(nursery, tmp_path, data, FileImporter())
+        replies: list[int] = []
+        on_message = client.bitswap._on_message
+
+        async def noting(peer: PeerId, message: BitswapMessage) -> None:
+            if message.blocks:
+                replies.append(len(message.blocks))
+            await on_message(peer, message)
+
+        client.bitswap._on_message = noting  # type: ignore[method-assign]
+        with trio.fail_after(WAIT):
+            peer = await client.connect(alice.host.addrs()[0])
+            got = await client.bitswap.fetch(root, [peer]).read_all()
+        assert got == data
+        # the provider's one-block first reply is for a fetch that starts, not
+        # for every batch of wants (one each, about 15, when it was)
+        assert replies.count(1) <= 3, replies
+        nursery.cancel_scope.cancel()

@@ -447,8 +447,7 @@ async def _negotiate_from_one_read(
                 return await _negotiate_rest(self, communicator, first)
             command, after = proposal
             await read_exactly(rw, len(seen) - len(after) - 1)  # the two lines only
-            handler = self.handlers.get(command) if command else None
-            answer = command if handler is not None else PROTOCOL_NOT_FOUND_MSG
+            answer, handler = _answer(self, command)
             await rw.write(
                 encode_delim(MULTISELECT_PROTOCOL_ID.encode()) + encode_delim(answer.encode())
             )
@@ -478,19 +477,22 @@ async def _negotiate_rest(self: Any, communicator: Any, first: bytes) -> tuple[A
     return await _commands(self, communicator)
 
 
+def _answer(self: Any, command: str) -> tuple[str, Any]:
+    """The listener's answer to a command, and the handler it selects (or None)."""
+    if command == "ls":
+        return "\n".join(p for p in self.handlers if p is not None) + "\n", None
+    handler = self.handlers.get(command) if command else None
+    return (command if handler is not None else PROTOCOL_NOT_FOUND_MSG), handler
+
+
 async def _commands(self: Any, communicator: Any) -> tuple[Any, Any]:
     """Answer "ls" and proposals until one names a protocol we speak."""
     while True:
         command = await communicator.read()
-        if command == "ls":
-            listed = "\n".join(p for p in self.handlers if p is not None) + "\n"
-            await communicator.write(listed)
-            continue
-        handler = self.handlers.get(command) if command else None
+        answer, handler = _answer(self, command)
+        await communicator.write(answer)
         if handler is not None:
-            await communicator.write(command)
             return TProtocol(command), handler
-        await communicator.write(PROTOCOL_NOT_FOUND_MSG)
 
 
 Multiselect.negotiate = _negotiate_from_one_read  # type: ignore[method-assign]

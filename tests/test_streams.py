@@ -406,3 +406,15 @@ async def test_a_fetch_in_full_flow_gets_full_replies_not_one_block_ones(tmp_pat
         # for every batch of wants (one each, about 15, when it was)
         assert replies.count(1) <= 3, replies
         nursery.cancel_scope.cancel()
+
+
+async def test_the_listener_lists_its_protocols_for_a_pipelined_ls() -> None:
+    async with two_hosts() as (a, _, peer):
+        with trio.fail_after(WAIT):
+            network: Any = a.libp2p_host.get_network()
+            raw = await network.new_stream(p2p.host._libp2p_id(peer))  # not negotiated
+            await raw.write(PROPOSAL_HEADER + b"\x03ls\n")
+            got = b""
+            while ECHO.encode() not in got:
+                got += await raw.read(4096)
+        assert got.startswith(PROPOSAL_HEADER)  # then the list, as one message

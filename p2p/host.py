@@ -447,12 +447,12 @@ async def _negotiate_from_one_read(
                 return await _negotiate_rest(self, communicator, first)
             command, after = proposal
             await read_exactly(rw, len(seen) - len(after) - 1)  # the two lines only
-            answer, handler = _answer(self, command)
+            answer, selected = _answer(self, command)
             await rw.write(
                 encode_delim(MULTISELECT_PROTOCOL_ID.encode()) + encode_delim(answer.encode())
             )
-            if handler is not None:
-                return TProtocol(command), handler
+            if selected:
+                return TProtocol(command), self.handlers[command]
             return await _commands(self, communicator)
     except trio.TooSlowError:
         raise MultiselectError("handshake read timeout") from None
@@ -477,22 +477,24 @@ async def _negotiate_rest(self: Any, communicator: Any, first: bytes) -> tuple[A
     return await _commands(self, communicator)
 
 
-def _answer(self: Any, command: str) -> tuple[str, Any]:
-    """The listener's answer to a command, and the handler it selects (or None)."""
+def _answer(self: Any, command: str) -> tuple[str, bool]:
+    """The listener's answer to a command, and whether it selects a protocol
+    (whose handler py-libp2p allows to be None)."""
     if command == "ls":
-        return "\n".join(p for p in self.handlers if p is not None) + "\n", None
-    handler = self.handlers.get(command) if command else None
-    return (command if handler is not None else PROTOCOL_NOT_FOUND_MSG), handler
+        return "\n".join(p for p in self.handlers if p is not None) + "\n", False
+    if command and command in self.handlers:
+        return command, True
+    return PROTOCOL_NOT_FOUND_MSG, False
 
 
 async def _commands(self: Any, communicator: Any) -> tuple[Any, Any]:
     """Answer "ls" and proposals until one names a protocol we speak."""
     while True:
         command = await communicator.read()
-        answer, handler = _answer(self, command)
+        answer, selected = _answer(self, command)
         await communicator.write(answer)
-        if handler is not None:
-            return TProtocol(command), handler
+        if selected:
+            return TProtocol(command), self.handlers[command]
 
 
 Multiselect.negotiate = _negotiate_from_one_read  # type: ignore[method-assign]

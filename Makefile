@@ -47,6 +47,7 @@ test: $(STAMP) $(NPM_STAMP) $(CHROMIUM) lint
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.transfer
+	$(BIN)/python -m bench.transfer --pin
 	$(BIN)/python -m bench.gateway
 	$(BIN)/python -m bench.availability
 	$(BIN)/python -m bench.gossip

@@ -763,13 +763,18 @@ class Host:
 
     async def identified_protocols(self, peer_id: Any, *, wait: float) -> set[str] | None:
         """The protocols a peer (a libp2p ID) listed in Identify, waiting up to
-        ``wait`` s for a running or coming Identify; None if none succeeded."""
+        ``wait`` s for a running or coming Identify; None if none succeeded.
+
+        A peer identified on an earlier connection is not asked again
+        (py-libp2p keeps its protocols): its answer then is the one used."""
         host: Any = self._host
-        if peer_id not in host._identified_peers and self.config.identify:
+        if not host._has_cached_protocols(peer_id) and self.config.identify:
             ended = self._identify_ended.setdefault(peer_id, trio.Event())
             with trio.move_on_after(wait):
                 await ended.wait()
-        if peer_id not in host._identified_peers:
+            if self._identify_ended.get(peer_id) is ended:
+                del self._identify_ended[peer_id]  # (no Identify came)
+        if not host._has_cached_protocols(peer_id):
             return None
         try:
             return {str(p) for p in host.get_peerstore().get_protocols(peer_id)}

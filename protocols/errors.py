@@ -15,6 +15,10 @@ class ProtocolError(Exception):
     """A peer broke the protocol in a way that is not a decoding problem."""
 
 
+class NoAnswerError(ProtocolError):
+    """The peer's stream ended before its answer: a transport failure, not a refusal."""
+
+
 class BadBlockError(ProtocolError):
     """A provider sent a block whose bytes do not hash to the CID asked for."""
 

@@ -24,7 +24,7 @@ import cbor2
 
 from p2p.abc import Stream
 from protocols.cid import CID
-from protocols.errors import DecodingError, ProtocolError
+from protocols.errors import DecodingError, NoAnswerError, ProtocolError
 from protocols.wire import FrameReader, cbor_exact, write_frame
 
 PROTOCOL: Final = "/coliving/query/1.0.0"
@@ -86,7 +86,7 @@ async def ask(stream: Stream, op: str, **args: Any) -> dict[str, Any]:
     data = await FrameReader(stream).read_frame(MAX_RESPONSE)
     await stream.close()
     if data is None:
-        raise ProtocolError("the node closed the stream without answering")
+        raise NoAnswerError("the node closed the stream without answering")
     reply: Any = cbor_exact(data, "reply")
     if not isinstance(reply, dict) or reply.get("id") != msg_id:
         raise DecodingError("reply does not match the query id")

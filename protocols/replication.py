@@ -27,13 +27,17 @@ from typing import Any, Protocol
 import trio
 
 from chain.oracle import StakeOracle
-from p2p.abc import TaskStatus
+from p2p.abc import StreamError, TaskStatus
 from p2p.keys import PeerId
 from protocols import placement
 from protocols.cid import CID
+from protocols.errors import NoAnswerError
 from store.blockstore import BlockStore
 
 log = logging.getLogger(__name__)
+
+# an upload's replicate request lost in transport is sent again, this many times in all
+REPLICATE_TRIES = 3
 
 
 RANKINGS_CACHED = 50_000  # CIDs whose ranking a replicator keeps
@@ -222,11 +226,21 @@ class Replicator:
 
         async def one(peer: PeerId) -> None:
             nonlocal done
-            try:
-                await self.host.ask(peer, "replicate", within=self.config.fetch_timeout, cid=cid)
-                done += 1
-            except Exception as exc:
-                log.info("replication of %s to %s failed: %s", cid, peer, exc)
+            for attempt in range(1, REPLICATE_TRIES + 1):
+                try:
+                    await self.host.ask(
+                        peer, "replicate", within=self.config.fetch_timeout, cid=cid
+                    )
+                    done += 1
+                    return
+                except (StreamError, NoAnswerError) as exc:
+                    # the request or its answer was lost on the way (a stream
+                    # reset, a connection replaced): ask again; a refusal is final
+                    log.info("replication of %s to %s, try %d: %s", cid, peer, attempt, exc)
+                    await trio.sleep(0.2 * attempt)
+                except Exception as exc:
+                    log.info("replication of %s to %s failed: %s", cid, peer, exc)
+                    return
 
         async with trio.open_nursery() as nursery:
             for peer in targets:

@@ -598,11 +598,14 @@ class Fetch:
         cfg = self.bs.config
         return min(cfg.window, cfg.per_peer_window * max(1, len(self.providers)))
 
+    def _batch(self) -> int:
+        # Wants go a quarter of the window at a time, not one per block: one
+        # want message per several blocks, and far fewer scans of the DAG.
+        return max(1, self._capacity() // 4)
+
     def _refill_below(self) -> int:
-        # Top the window up once a quarter of it is free, not after every block:
-        # one want message per several blocks, and far fewer scans of the DAG.
-        capacity = self._capacity()
-        return capacity - max(1, capacity // 4)
+        # top the window up once a batch of it is free
+        return self._capacity() - self._batch()
 
     async def read_all(self) -> bytes:
         return b"".join([chunk async for chunk in self.leaves()])
@@ -651,8 +654,7 @@ class Fetch:
         budget = cfg.window - len(self._inflight)
         needed = False
         i = self._pos
-        lookahead = min(len(self._seq), self._pos + cfg.window * 2)
-        while budget > 0 and i < lookahead:
+        while budget > 0 and i < min(len(self._seq), self._pos + cfg.window * 2):
             cid = self._seq[i]
             i += 1
             if cid.codec == DAG_PB and cid in self._arrived:
@@ -661,8 +663,7 @@ class Fetch:
                 if self._error is not None:
                     self._wake.set()  # leaves() raises it
                     return
-                i -= 1
-                lookahead = min(len(self._seq), self._pos + cfg.window * 2)
+                i -= 1  # (the loop's bound is read again: the sequence grew)
                 continue
             if cid in self._inflight or cid in self._arrived or self.bs.store.has(cid):
                 continue  # (a stored block is read by leaves(): no provider needed)
@@ -689,7 +690,7 @@ class Fetch:
         # the provider for a one-block reply. So hold them back until a batch
         # fits, unless the block leaves() needs is among them or the file ends.
         urgent = picks[0][1] == self._seq[self._pos] or i >= len(self._seq)
-        if not urgent and len(picks) < max(1, self._capacity() // 4):
+        if not urgent and len(picks) < self._batch():
             return
         now = time.monotonic()
         batches: defaultdict[PeerId, list[WantEntry]] = defaultdict(list)

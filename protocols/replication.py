@@ -237,7 +237,8 @@ class Replicator:
                     # the request or its answer was lost on the way (a stream
                     # reset, a connection replaced): ask again; a refusal is final
                     log.info("replication of %s to %s, try %d: %s", cid, peer, attempt, exc)
-                    await trio.sleep(0.2 * attempt)
+                    if attempt < REPLICATE_TRIES:  # (the upload's reply waits for this)
+                        await trio.sleep(0.2 * attempt)
                 except Exception as exc:
                     log.info("replication of %s to %s failed: %s", cid, peer, exc)
                     return

@@ -116,6 +116,9 @@ class Bitswap:
         self._cancelled: defaultdict[PeerId, OrderedDict[CID, None]] = defaultdict(OrderedDict)
         # recently received from each peer: a second copy of one is a duplicate
         self._received: defaultdict[PeerId, OrderedDict[CID, None]] = defaultdict(OrderedDict)
+        # the last late inner node from each peer, and how many blocks of the
+        # path below it may still come (see _late)
+        self._late_path: dict[PeerId, tuple[bytes, int]] = {}
         self._nursery: trio.Nursery | None = None
         self.banned: dict[PeerId, str] = {}
         # peers that refused an optimistic open: their streams are negotiated
@@ -164,31 +167,47 @@ class Bitswap:
     def _on_block(self, peer: PeerId, block: Block) -> None:
         claimed = [f for f in self._fetches if f.asked(peer, block.cid)]
         if not claimed:
-            if block.cid in self._cancelled.get(peer, ()):
-                self.stats.late_blocks += 1
-                return  # it crossed our cancel on the wire: harmless
-            if block.cid in self._received.get(peer, ()):
-                # two of our fetches wanted it from this peer and it answered each
-                # want: a duplicate, not an offence (a block never asked for is one)
+            if self._late(peer, block):
                 self.stats.late_blocks += 1
                 return
             # a block on the path a want's path_to asked for (within that want's budget)
             takers = [f for f in list(self._fetches) if f.take_path_block(peer, block)]
             if takers:
-                self.stats.blocks_fetched += 1
-                self.stats.bytes_fetched += len(block.data)
+                self._note_received(peer, block)
                 return
             self.stats.bad_blocks += 1
             self.report_bad_peer(peer, f"sent a block nobody asked it for ({block.cid})")
             return
+        self._note_received(peer, block)
+        for fetch in claimed:
+            fetch.on_block(peer, block)
+
+    def _late(self, peer: PeerId, block: Block) -> bool:
+        """Whether a block no fetch wants now is harmless (a block never asked
+        for is an offence): it crossed our cancel on the wire; or two of our
+        fetches wanted it from this peer and it answered each want; or it is
+        on the path below such a block, which the peer sends when the want
+        carried path_to (each a link of the one before, as Fetch checks)."""
+        if block.cid in self._cancelled.get(peer, ()) or block.cid in self._received.get(peer, ()):
+            if block.cid.codec == DAG_PB:
+                self._late_path[peer] = (block.data, msg.MAX_PATH_BLOCKS)
+            return True
+        tail, budget = self._late_path.get(peer, (b"", 0))
+        if budget > 0 and block.cid.to_bytes() in tail:
+            self._late_path[peer] = (block.data, budget - 1)
+            return True
+        return False
+
+    def _note_received(self, peer: PeerId, block: Block) -> None:
+        # A path block too: two fetches of one root may both want it from this
+        # peer before its first answer comes, and it answers each want with
+        # the root and the same path. The second path is a duplicate.
         self.stats.blocks_fetched += 1
         self.stats.bytes_fetched += len(block.data)
         received = self._received[peer]
         received[block.cid] = None
         if len(received) > self.config.max_ledger:
             received.popitem(last=False)
-        for fetch in claimed:
-            fetch.on_block(peer, block)
 
     def _on_wants(self, peer: PeerId, message: BitswapMessage) -> None:
         ledger = self._ledgers.get(peer)

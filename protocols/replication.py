@@ -113,6 +113,7 @@ class Replicator:
         # 200 sha256 each at 200 members, every round on every node
         self._ranked_among: list[bytes] = []
         self._rankings: dict[CID, list[bytes]] = {}
+        self._pulling: dict[CID, trio.Event] = {}  # pulls running here, set when each ends
 
     @property
     def members_seen(self) -> int:
@@ -267,7 +268,23 @@ class Replicator:
             p for p in self._holders(cid) if p not in (requester, self.host.peer_id)
         ]
         with trio.fail_after(self.config.fetch_timeout):
+            await self.pull(cid, holders)
+
+    async def pull(self, cid: CID, holders: Sequence[PeerId]) -> None:
+        """Fetch and pin ``cid``, counted in ``status``. A repair round and a
+        replicate request may want one CID at once: a pull of a CID that is
+        already being pulled here waits for that one, and fetches only if it
+        failed. (Two fetches would move the file twice.)"""
+        while (running := self._pulling.get(cid)) is not None:
+            await running.wait()
+        if self.host.store.is_pinned(cid):
+            return
+        ended = self._pulling[cid] = trio.Event()
+        try:
             size = await self.host.pull(cid, holders)
+        finally:
+            del self._pulling[cid]
+            ended.set()
         self.status.pulled += 1
         self.status.bytes_pulled += size
 
@@ -310,25 +327,23 @@ class Replicator:
         self.status.backlog = len(want)
         limiter = trio.CapacityLimiter(self.config.max_concurrent)
 
-        async def pull(cid: CID, sources: list[PeerId]) -> None:
+        async def repair(cid: CID, sources: list[PeerId]) -> None:
             async with limiter:
                 try:
                     with trio.fail_after(self.config.fetch_timeout):
-                        size = await self.host.pull(cid, sources)
+                        await self.pull(cid, sources)
                 except Exception as exc:
                     self.status.failed += 1
                     self.status.failures[str(cid)] = f"{type(exc).__name__}: {exc}"
                     log.info("repair: pulling %s failed: %s", cid, exc)
                     return
-                self.status.pulled += 1
-                self.status.bytes_pulled += size
                 self.status.backlog -= 1
                 self.status.failures.pop(str(cid), None)
 
         async with trio.open_nursery() as nursery:
             for cid, sources in want[: self.config.max_per_round]:
                 if sources:
-                    nursery.start_soon(pull, cid, sources)
+                    nursery.start_soon(repair, cid, sources)
         if drop:
             for cid in drop:
                 self.host.store.unpin(cid)

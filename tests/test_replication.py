@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
@@ -12,14 +13,15 @@ from hypothesis import strategies as st
 
 from chain.local import LocalChain, open_chain
 from node import Client, Node, NodeConfig
-from p2p.abc import TaskStatus
+from p2p.abc import Stream, TaskStatus
 from p2p.host import peer_id_bytes
 from p2p.keys import NodeKey
-from protocols import placement
+from protocols import placement, query
 from protocols.cid import CID, RAW
 from protocols.errors import ProtocolError
 from protocols.replication import ReplicationConfig, Replicator
 from protocols.unixfs import import_bytes
+from simnet.local import start_nodes
 from tests.conftest import chunks
 
 R = 3
@@ -213,12 +215,20 @@ async def upload(net: Net, to: Node, payload: bytes) -> tuple[CID, int | None]:
     return done.cid, done.replicas
 
 
-async def test_upload_reaches_the_owners_and_repair_follows_churn(tmp_path: Path) -> None:
+@asynccontextmanager
+async def staked_nodes(tmp_path: Path, count: int) -> AsyncIterator[Net]:
+    """``count`` staked nodes on an embedded chain, stopped when the block ends."""
     chain = await open_chain()
     async with trio.open_nursery() as nursery:
         net = Net(nursery, tmp_path, chain)
-        for i in range(5):
+        for i in range(count):
             await net.add(f"n{i}")
+        yield net
+        nursery.cancel_scope.cancel()
+
+
+async def test_upload_reaches_the_owners_and_repair_follows_churn(tmp_path: Path) -> None:
+    async with staked_nodes(tmp_path, 5) as net:
         payload = os.urandom(700_000)
         with trio.fail_after(60):
             # upload to a node that is *not* an owner, so it must hand the file on
@@ -251,7 +261,6 @@ async def test_upload_reaches_the_owners_and_repair_follows_churn(tmp_path: Path
         await net.add("n5")
         with trio.fail_after(60):
             await until(net.live(), lambda: holders(cid, net.live()) == expected_live(cid, net))
-        nursery.cancel_scope.cancel()
 
 
 def expected_live(cid: CID, net: Net) -> set[Node]:
@@ -260,23 +269,18 @@ def expected_live(cid: CID, net: Net) -> set[Node]:
 
 
 async def test_deregistering_an_owner_moves_its_content(tmp_path: Path) -> None:
-    chain = await open_chain()
-    async with trio.open_nursery() as nursery:
-        net = Net(nursery, tmp_path, chain)
-        for i in range(4):
-            await net.add(f"n{i}")
+    async with staked_nodes(tmp_path, 4) as net:
         payload = os.urandom(300_000)
         with trio.fail_after(60):
             cid, _replicas = await upload(net, net.live()[0], payload)
         owners = expected_owners(cid, net.live())
         assert owners <= holders(cid, net.live())
         leaving = sorted(owners, key=lambda n: n.peer_id)[0]
-        await chain.deregister(leaving.key)
+        await net.chain.deregister(leaving.key)
         staying = [n for n in net.live() if n is not leaving]
         with trio.fail_after(60):
             await until(staying, lambda: expected_owners(cid, staying) <= holders(cid, staying))
         assert len(holders(cid, staying)) >= R
-        nursery.cancel_scope.cancel()
 
 
 async def test_replicate_requests_are_refused_from_unstaked_peers(tmp_path: Path) -> None:
@@ -295,4 +299,68 @@ async def test_replicate_requests_are_refused_from_unstaked_peers(tmp_path: Path
             assert "only staked content nodes" in str(exc)
         else:
             raise AssertionError("an unstaked peer made a node fetch")
+        nursery.cancel_scope.cancel()
+
+
+class LosesFirstAnswer:
+    """A node's query streams, whose first answer to a replicate request is lost
+    on the way: the stream is reset instead (the node did pull and pin)."""
+
+    def __init__(self, node: Node) -> None:
+        self.lost = 0
+        serve = node._serve_query
+        node.host.set_handler(query.PROTOCOL, lambda stream: serve(self.wrap(stream)))
+
+    def wrap(self, stream: Stream) -> Stream:
+        outer = self
+
+        class Lossy:
+            remote_peer = stream.remote_peer
+            read, close, close_write, reset = (
+                stream.read,
+                stream.close,
+                stream.close_write,
+                stream.reset,
+            )
+
+            async def write(self, data: bytes) -> None:
+                if b"\x62ok\xf5" in data and not outer.lost:  # CBOR "ok": true
+                    outer.lost += 1
+                    await stream.reset()
+                    return
+                await stream.write(data)
+
+        return Lossy()
+
+
+async def test_an_upload_asks_again_when_a_replicate_answer_is_lost(tmp_path: Path) -> None:
+    async with staked_nodes(tmp_path, 4) as net:
+        payload = os.urandom(300_000)
+        cid = import_bytes(payload)[0]
+        owners = expected_owners(cid, net.live())
+        receiver = sorted(owners, key=lambda n: n.peer_id)[0]
+        lossy = [LosesFirstAnswer(n) for n in owners - {receiver}]
+        with trio.fail_after(60):
+            got, replicas = await upload(net, receiver, payload)
+        assert got == cid
+        assert [x.lost for x in lossy] == [1] * (R - 1)  # each lost one answer
+        assert replicas == R  # and was asked again
+
+
+async def test_two_pulls_of_one_cid_at_once_fetch_it_once(tmp_path: Path) -> None:
+    """A repair round and a replicate request may pull one CID at the same time:
+    the second waits for the first instead of fetching the file again."""
+    payload = os.urandom(700_000)
+    root, blocks = import_bytes(payload)
+    async with trio.open_nursery() as nursery:
+        alice, bob = await start_nodes(nursery, tmp_path, 2, names=["alice", "bob"])
+        alice.store.put_many(blocks)
+        alice.store.pin(root, size=len(payload), name="track")
+        with trio.fail_after(30):
+            async with trio.open_nursery() as pulls:
+                for _ in range(2):
+                    pulls.start_soon(bob.replicator.pull, root, [alice.peer_id])
+        assert bob.store.is_pinned(root)
+        assert bob.replicator.status.pulled == 1
+        assert alice.bitswap.stats.blocks_served == len(blocks)
         nursery.cancel_scope.cancel()

@@ -18,7 +18,7 @@ from p2p.abc import Stream, StreamRefused
 from p2p.host import INBOUND_WINDOW, DialError, Host, HostConfig, peer_id_of_key
 from p2p.keys import NodeKey, PeerId
 from protocols import bitswap_msg as msg
-from protocols.bitswap import BitswapConfig
+from protocols.bitswap import BitswapConfig, Fetch
 from protocols.bitswap_msg import BitswapMessage
 from protocols.cid import CID, DAG_PB, RAW
 from protocols.unixfs import Block, FileImporter, decode_file_node
@@ -186,6 +186,16 @@ def deep_dag() -> tuple[CID, list[Block]]:
     return root, blocks + last
 
 
+def root_path() -> tuple[CID, list[Block]]:
+    """deep_dag's root and the path from it to the first leaf."""
+    root, blocks = deep_dag()
+    by_cid = {b.cid: b for b in blocks}
+    path = [by_cid[root]]
+    while path[-1].cid.codec == DAG_PB:
+        path.append(by_cid[decode_file_node(path[-1].data).links[0].cid])
+    return root, path
+
+
 @pytest.mark.parametrize("start", [0, 40_000])
 async def test_first_byte_from_any_offset_takes_one_want_message(
     tmp_path: Path, start: int
@@ -243,6 +253,76 @@ async def test_path_blocks_must_descend_from_the_root_within_the_budget(
     assert not fetch.take_path_block(peer, other)  # a link of the root, not of path[1]
     assert fetch.take_path_block(peer, path[2])
     assert not fetch.take_path_block(peer, path[3])  # on the path, but over the budget
+
+
+async def test_a_path_answered_twice_is_a_duplicate_not_an_offence(tmp_path: Path) -> None:
+    """Two fetches of one root (a repair and a replicate request, say) both want
+    it, with its path, from one peer before the first answer comes; the peer
+    answers each want with the root and the same path. The second path is a
+    duplicate: the peer is not banned (it was, and every fetch from it failed)."""
+    root, path = root_path()
+    client = Client(data_dir=tmp_path / "client")
+    bitswap = client.bitswap
+    provider = PeerId("12D3KooWTwoFetchesOneRootPeer")
+    sent: list[BitswapMessage] = []
+
+    async def record(peer: PeerId, message: BitswapMessage) -> None:
+        sent.append(message)
+
+    bitswap.send = record  # type: ignore[method-assign]
+    fetches = [bitswap.fetch(root, [provider]) for _ in range(2)]
+    for fetch in fetches:
+        bitswap._fetches.add(fetch)
+        await fetch._request_more()
+    assert [[(w.cid, w.path_to) for w in m.wants] for m in sent] == [[(root, 0)]] * 2
+    for _ in sent:  # the peer answers each want
+        await bitswap._on_message(provider, BitswapMessage(blocks=tuple(path)))
+    assert provider not in bitswap.banned and bitswap.stats.bad_blocks == 0
+    assert bitswap.stats.late_blocks == len(path)
+    for fetch in fetches:
+        assert fetch.blocks_from[provider] == len(path)
+
+
+async def test_a_path_that_comes_after_its_fetch_ended_is_late_not_an_offence(
+    tmp_path: Path,
+) -> None:
+    """A fetch ends (a player seeks again, a reader goes away) before the answer
+    to its root's want, with the path below it, comes: the root crossed our
+    cancel, and so did the path; the provider is not banned (it was: every
+    block of the path counted as unasked) and nothing is stored."""
+    root, path = root_path()
+    client = Client(data_dir=tmp_path / "client")
+    bitswap = client.bitswap
+    provider = PeerId("12D3KooWFetchEndedPathPeer")
+    sent: list[BitswapMessage] = []
+    asked = trio.Event()
+
+    async def record(peer: PeerId, message: BitswapMessage) -> None:
+        sent.append(message)
+        asked.set()
+
+    async def read(fetch: Fetch) -> None:
+        async for _ in fetch.leaves():
+            pass
+
+    bitswap.send = record  # type: ignore[method-assign]
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read, bitswap.fetch(root, [provider]))
+            await asked.wait()
+            nursery.cancel_scope.cancel()  # the reader goes away
+    assert [[(w.cid, w.cancel) for w in m.wants] for m in sent] == [
+        [(root, False)],
+        [(root, True)],
+    ]
+    await bitswap._on_message(provider, BitswapMessage(blocks=tuple(path)))
+    assert provider not in bitswap.banned and bitswap.stats.bad_blocks == 0
+    assert bitswap.stats.late_blocks == len(path)
+    assert not any(client.store.has(b.cid) for b in path)
+    # below the path, or beyond its budget, a block is unasked as before
+    other = next(b for b in deep_dag()[1] if b not in path)
+    await bitswap._on_message(provider, BitswapMessage(blocks=(other,)))
+    assert provider in bitswap.banned
 
 
 async def test_the_path_a_provider_sends_stops_within_its_byte_budget(tmp_path: Path) -> None:

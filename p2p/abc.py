@@ -80,6 +80,9 @@ class HostLike(Protocol):
 
     async def disconnect(self, peer: PeerId) -> None: ...
 
+    # called with a peer whose last connection closed
+    on_disconnect: list[Callable[[PeerId], None]]
+
     def connected_peers(self) -> list[PeerId]: ...
 
     def is_connected(self, peer: PeerId) -> bool: ...

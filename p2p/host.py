@@ -27,6 +27,7 @@ import coincurve
 import multiaddr
 import trio
 from libp2p import new_host
+from libp2p.abc import INotifee
 from libp2p.crypto.secp256k1 import Secp256k1PublicKey, create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
@@ -696,6 +697,35 @@ class _PipelinedMultiselectClient(MultiselectClient):
         raise MultiselectClientError(f"negotiation timed out after {negotiate_timeout} s")
 
 
+class _Departures(INotifee):
+    """Tells ``host.on_disconnect`` of a peer whose last connection closed (a
+    connection replaced by another is no departure)."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    async def disconnected(self, network: Any, conn: Any) -> None:
+        peer = PeerId(conn.muxed_conn.peer_id.to_base58())
+        if not self.host.is_connected(peer):  # (the swarm forgot conn before this)
+            for callback in list(self.host.on_disconnect):
+                callback(peer)
+
+    async def opened_stream(self, network: Any, stream: Any) -> None:
+        pass
+
+    async def closed_stream(self, network: Any, stream: Any) -> None:
+        pass
+
+    async def connected(self, network: Any, conn: Any) -> None:
+        pass
+
+    async def listen(self, network: Any, multiaddr: Any) -> None:
+        pass
+
+    async def listen_close(self, network: Any, multiaddr: Any) -> None:
+        pass
+
+
 class Host:
     """One libp2p host. ``await nursery.start(host.run)`` to listen."""
 
@@ -741,6 +771,9 @@ class Host:
             chooser._selector.multiselect_client = _PipelinedMultiselectClient(lazy=True)
         self.peer_id = PeerId(self._host.get_id().to_base58())
         self.ready = trio.Event()
+        # called with a peer whose last connection closed: per-peer state can go
+        self.on_disconnect: list[Callable[[PeerId], None]] = []
+        swarm.register_notifee(_Departures(self))
 
     def _delay_inbound_identify(self, seconds: float) -> None:
         # BasicHost runs each Identify through this method

@@ -56,6 +56,9 @@ class Network(Protocol):
 
     async def disconnect(self, peer: PeerId) -> None: ...
 
+    # called with a peer whose last connection closed
+    on_disconnect: list[Callable[[PeerId], None]]
+
 
 BadPeerHook = Callable[[PeerId, str], None]
 
@@ -91,6 +94,7 @@ class _Ledger:
     wants: OrderedDict[CID, WantEntry] = field(default_factory=OrderedDict)
     wake: trio.Event = field(default_factory=trio.Event)
     idle_since: float = -math.inf  # when its wants last ran out (trio clock)
+    gone: bool = False  # the peer disconnected: its server task ends
 
 
 class Bitswap:
@@ -129,8 +133,31 @@ class Bitswap:
             self._nursery = nursery
             for proto in msg.PROTOCOLS:
                 self.network.set_handler(proto, functools.partial(self._handle_stream, proto))
-            task_status.started()
-            await trio.sleep_forever()
+            self.network.on_disconnect.append(self._forget_peer)
+            try:
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                self.network.on_disconnect.remove(self._forget_peer)
+
+    def _forget_peer(self, peer: PeerId) -> None:
+        """``peer``'s last connection closed: what it wanted from us, our stream
+        to it and what we remember of its blocks go (a node serves many light
+        clients, each once). A peer forgets our wants as it disconnects, so
+        no late block of theirs can follow. Bans stay; fetches that asked the
+        peer for blocks find out by their stall timeout, as before."""
+        ledger = self._ledgers.pop(peer, None)
+        if ledger is not None:
+            ledger.gone = True
+            ledger.wants.clear()
+            ledger.wake.set()
+        self._outbound.pop(peer, None)
+        lock = self._send_locks.get(peer)
+        if lock is not None and not lock.locked():
+            del self._send_locks[peer]
+        for remembered in (self._received, self._cancelled, self._late_path):
+            remembered.pop(peer, None)
+        self._negotiate_with.discard(peer)
 
     # -- inbound ----------------------------------------------------------
 
@@ -226,7 +253,7 @@ class Bitswap:
 
     async def _serve_peer(self, peer: PeerId, ledger: _Ledger) -> None:
         try:
-            while True:
+            while not ledger.gone:
                 await ledger.wake.wait()
                 ledger.wake = trio.Event()
                 # The first reply after a pause carries one block, so the first
@@ -242,7 +269,8 @@ class Bitswap:
         except StreamError as exc:
             log.debug("stopped serving %s: %s", peer, exc)
         finally:
-            self._ledgers.pop(peer, None)
+            if self._ledgers.get(peer) is ledger:
+                del self._ledgers[peer]
 
     def _next_reply(self, ledger: _Ledger, limit: int) -> BitswapMessage:
         blocks: list[Block] = []

@@ -196,17 +196,23 @@ def root_path() -> tuple[CID, list[Block]]:
     return root, path
 
 
+async def deep_dag_at_alice(nursery: trio.Nursery, tmp_path: Path) -> tuple[Node, Client, CID]:
+    """A node, alice, holding deep_dag pinned, and a running client."""
+    root, blocks = deep_dag()
+    (alice,) = await start_nodes(nursery, tmp_path, 1, names=["alice"])
+    alice.store.put_many(blocks)
+    alice.store.pin(root, size=len(DEEP), name="deep")
+    client = Client()
+    await nursery.start(client.run)
+    return alice, client, root
+
+
 @pytest.mark.parametrize("start", [0, 40_000])
 async def test_first_byte_from_any_offset_takes_one_want_message(
     tmp_path: Path, start: int
 ) -> None:
-    root, blocks = deep_dag()
     async with trio.open_nursery() as nursery:
-        (alice,) = await start_nodes(nursery, tmp_path, 1, names=["alice"])
-        alice.store.put_many(blocks)
-        alice.store.pin(root, size=len(DEEP), name="deep")
-        client = Client()
-        await nursery.start(client.run)
+        alice, client, root = await deep_dag_at_alice(nursery, tmp_path)
         sent: list[BitswapMessage] = []
         send = client.bitswap.send
 
@@ -498,3 +504,25 @@ async def test_the_listener_lists_its_protocols_for_a_pipelined_ls() -> None:
             while ECHO.encode() not in got:
                 got += await raw.read(4096)
         assert got.startswith(PROPOSAL_HEADER)  # then the list, as one message
+
+
+async def test_a_node_forgets_a_client_that_went_away(tmp_path: Path) -> None:
+    """A node serves many light clients, each once: when a client's connection
+    closes, what Bitswap kept for it (its ledger and the task serving it, our
+    stream to it, its send lock) goes. Before, all of it stayed for good."""
+    async with trio.open_nursery() as nursery:
+        alice, client, root = await deep_dag_at_alice(nursery, tmp_path)
+        gone = trio.Event()
+        alice.host.on_disconnect.append(lambda peer: gone.set())
+        with trio.fail_after(WAIT):
+            peer = await client.connect(alice.host.addrs()[0])
+            fetch = client.bitswap.fetch(root, [peer])
+            assert await fetch.read_all() == DEEP
+            me = client.host.peer_id
+            ledger = alice.bitswap._ledgers[me]
+            assert me in alice.bitswap._outbound and me in alice.bitswap._send_locks
+            await client.host.disconnect(peer)
+            await gone.wait()
+        assert ledger.gone and me not in alice.bitswap._ledgers
+        assert me not in alice.bitswap._outbound and me not in alice.bitswap._send_locks
+        nursery.cancel_scope.cancel()

@@ -144,8 +144,11 @@ class Bitswap:
         """``peer``'s last connection closed: what it wanted from us, our stream
         to it and what we remember of its blocks go (a node serves many light
         clients, each once). A peer forgets our wants as it disconnects, so
-        no late block of theirs can follow. Bans stay; fetches that asked the
-        peer for blocks find out by their stall timeout, as before."""
+        no late block of theirs can follow. Bans stay. Fetches that asked the
+        peer for blocks drop it now and ask their other providers (they waited
+        for the stall timeout, 10 s: the peer forgot their wants)."""
+        for fetch in list(self._fetches):
+            fetch.drop_peer(peer, "disconnected")
         ledger = self._ledgers.pop(peer, None)
         if ledger is not None:
             ledger.gone = True

@@ -526,3 +526,32 @@ async def test_a_node_forgets_a_client_that_went_away(tmp_path: Path) -> None:
         assert ledger.gone and me not in alice.bitswap._ledgers
         assert me not in alice.bitswap._outbound and me not in alice.bitswap._send_locks
         nursery.cancel_scope.cancel()
+
+
+async def test_a_fetch_moves_to_its_other_providers_when_one_disconnects(
+    tmp_path: Path,
+) -> None:
+    """A provider's connection closes mid-fetch: the fetch drops it at once and
+    asks the other provider for what it had asked of it (it waited for the
+    stall timeout, 10 s, since the provider forgot those wants)."""
+    root, blocks = deep_dag()
+    async with trio.open_nursery() as nursery:
+        alice, bob = await start_nodes(nursery, tmp_path, 2, names=["alice", "bob"])
+        for node in (alice, bob):
+            node.store.put_many(blocks)
+            node.store.pin(root, size=len(DEEP), name="deep")
+        client = Client()
+        await nursery.start(client.run)
+        gone = trio.Event()
+        client.host.on_disconnect.append(lambda peer: gone.set())
+        with trio.fail_after(WAIT):
+            providers = [await client.connect(n.host.addrs()[0]) for n in (alice, bob)]
+            fetch = client.bitswap.fetch(root, providers)
+            leaves = cast(AsyncGenerator[bytes, None], fetch.leaves())
+            got = [await leaves.__anext__()]
+            await client.host.disconnect(providers[0])
+            await gone.wait()
+            got += [leaf async for leaf in leaves]
+        assert b"".join(got) == DEEP
+        assert fetch.dropped == {providers[0]: "disconnected"}
+        nursery.cancel_scope.cancel()

@@ -18,13 +18,28 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from hypercorn.typing import ASGIFramework
 
-from gateway.app import GatewayApp, Timeouts
+from gateway.app import GatewayApp, StreamAborted, Timeouts
 from p2p.abc import TaskStatus
 
 if TYPE_CHECKING:
     from node import Node
 
 log = logging.getLogger("coliving.gateway")
+http_log = logging.getLogger("coliving.gateway.http")  # hypercorn's
+
+
+def _not_an_abort(record: logging.LogRecord) -> bool:
+    """hypercorn logs a response the app broke off on purpose (StreamAborted,
+    raised so that the connection is dropped and the client sees a short body
+    as an error) as an ASGI error with a traceback. The gateway has already
+    logged why, in one line."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(StreamAborted)[1] is not None
+    return not isinstance(exc, StreamAborted)
+
+
+http_log.addFilter(_not_an_abort)
 
 
 class GatewayConfigError(ValueError):
@@ -67,7 +82,7 @@ class Gateway:
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         hc = HypercornConfig()
         hc.bind = [self.config.bind]
-        hc.errorlog = logging.getLogger("coliving.gateway.http")
+        hc.errorlog = http_log
         hc.accesslog = None
         hc.graceful_timeout = 1.0
         # one gateway per node, many nodes per test process: no server header games

@@ -350,8 +350,11 @@ async def test_first_byte_deadline_gives_504(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mode", ["corrupt", "substitute", "stall", "dont_have"])
 @pytest.mark.parametrize("honest", [False, True], ids=["liar-only", "with-honest"])
-async def test_byzantine_holder_mid_stream(tmp_path: Path, mode: Mode, honest: bool) -> None:
-    """The gateway holds the first leaves; the rest must come from a holder that lies."""
+async def test_byzantine_holder_mid_stream(
+    tmp_path: Path, mode: Mode, honest: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The gateway holds the first leaves; the rest must come from a holder that lies.
+    A body broken off is logged once, in one line (not also as an ASGI error)."""
     data = payload_of(8 * LEAF + 5)
     root, blocks = import_bytes(data)
     leaves = {b.cid for b in blocks if b.cid.codec == 0x55}
@@ -396,6 +399,9 @@ async def test_byzantine_holder_mid_stream(tmp_path: Path, mode: Mode, honest: b
         else:
             assert failure is not None, "a short body must be an error, not a quiet end"
             assert len(got) >= 2 * LEAF  # the part held locally went out first
+            aborts = [r for r in caplog.records if "aborting the response" in r.message]
+            assert len(aborts) == 1 and aborts[0].exc_info is None
+        assert not [r for r in caplog.records if r.name == "coliving.gateway.http"]
         nursery.cancel_scope.cancel()
 
 

@@ -64,8 +64,9 @@ async def serve(stream: Stream, answer: Answer) -> None:
     """Answer one query on ``stream``."""
     reader = FrameReader(stream)
     data = await reader.read_frame(MAX_REQUEST)
-    if data is None:
-        raise DecodingError("stream closed before the query")
+    if data is None:  # a liveness probe opens a stream and asks nothing: no offence
+        await stream.close()
+        return
     msg_id, op, args = decode_request(data)
     try:
         reply = await answer(op, args)

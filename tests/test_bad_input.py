@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import subprocess
 import sys
@@ -305,6 +306,22 @@ async def test_query_bad_input(tmp_path: Path, case: str) -> None:
             assert cbor2.loads(payload)["id"] == 7
         else:
             assert reply == b""  # reset without a word
+        await assert_still_serves(s.alice, s.root)
+
+
+async def test_a_query_stream_ended_before_asking_is_no_offence(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node's liveness probe opens a query stream and resets it: no answer,
+    and no "bad query" line (there was one per probe: each member, every second)."""
+    async with scene(tmp_path) as s:
+        with caplog.at_level(logging.INFO, logger="coliving.node"):
+            stream = await s.open(query.PROTOCOL)
+            with trio.fail_after(WAIT):
+                await stream.reset()  # as Node's probe does
+                await s.queries.wait_finished(1)
+        assert s.queries.only_stream_errors()
+        assert not [r for r in caplog.records if "bad query" in r.message]
         await assert_still_serves(s.alice, s.root)
 
 

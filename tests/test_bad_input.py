@@ -313,7 +313,7 @@ async def test_a_query_stream_ended_before_asking_is_no_offence(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A node's liveness probe opens a query stream and resets it: no answer,
-    and no "bad query" line (there was one per probe: each member, every second)."""
+    and no "bad query" line (there was one per probe: each connected member, every 30 s)."""
     async with scene(tmp_path) as s:
         with caplog.at_level(logging.INFO, logger="coliving.node"):
             stream = await s.open(query.PROTOCOL)

@@ -932,6 +932,9 @@ def test_query_serve_on_any_bytes(sent: bytes, data: st.DataObject) -> None:
     except (DecodingError, StreamError):
         assert stream.written == b""
         return
+    if sent == b"":  # the stream ended before any query (a liveness probe): no reply
+        assert stream.written == b""
+        return
     (reply,) = replies(bytes(stream.written), query.MAX_RESPONSE)
     assert isinstance(reply["id"], int)
     assert set(reply) in ({"id", "op"}, {"id", "error"})

@@ -1,4 +1,4 @@
-"""The transfer, availability and gossip benchmarks run end to end (``--quick``) and
+"""The transfer, availability, gossip and clients benchmarks run end to end (``--quick``) and
 print their figures.
 
 A smoke run only: the figures are not judged here (timings on a shared CI
@@ -75,3 +75,12 @@ def test_quick_gossip_benchmark_prints_its_figures(tmp_path: Path) -> None:
         out,
         re.M,
     ), out
+
+
+@pytest.mark.slow
+def test_quick_clients_benchmark_leaves_no_state_for_departed_clients(tmp_path: Path) -> None:
+    out = quick_run("bench.clients", tmp_path, timeout=240)
+    assert re.search(r"^clients served and gone: 15$", out, re.M), out
+    # (this one is judged: a count, not a timing)
+    assert re.search(r"^bitswap state left: 0 ledgers, 0 streams, 0 send locks$", out, re.M), out
+    assert re.search(rf"^memory grown per client: .*\(next/first = {NUMBER}\)$", out, re.M), out

@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.gateway
 	$(BIN)/python -m bench.availability
 	$(BIN)/python -m bench.gossip
+	$(BIN)/python -m bench.clients
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -197,13 +197,15 @@ class Bitswap:
     def _on_block(self, peer: PeerId, block: Block) -> None:
         claimed = [f for f in self._fetches if f.asked(peer, block.cid)]
         if not claimed:
-            if self._late(peer, block):
-                self.stats.late_blocks += 1
-                return
-            # a block on the path a want's path_to asked for (within that want's budget)
+            # a block on the path a want's path_to asked for (within that want's
+            # budget); asked before _late, which would take a block this peer sent
+            # once before (an earlier fetch of the same file) for a duplicate
             takers = [f for f in list(self._fetches) if f.take_path_block(peer, block)]
             if takers:
                 self._note_received(peer, block)
+                return
+            if self._late(peer, block):
+                self.stats.late_blocks += 1
                 return
             self.stats.bad_blocks += 1
             self.report_bad_peer(peer, f"sent a block nobody asked it for ({block.cid})")

@@ -14,8 +14,9 @@ Fetching: a :class:`Fetch` walks a UnixFS DAG in file order, keeps up to
 (its CID is computed from its bytes and must be one we asked that peer for),
 and yields leaf bytes in order, so playback can start at the first block.
 A provider that sends a block we did not ask it for is reported as bad,
-disconnected and dropped; one that answers DONT_HAVE or stalls loses those
-CIDs to the others. The fetch fails only when no provider is left.
+disconnected, dropped and banned for a while (:class:`Bans`); one that
+answers DONT_HAVE or stalls loses those CIDs to the others. The fetch fails
+only when no provider is left.
 """
 
 from __future__ import annotations
@@ -76,6 +77,54 @@ class BitswapConfig:
     store_batch: int = 16
 
 
+class Bans:
+    """Peers banned for misbehaving, each for a while: ``first`` seconds for a
+    first offence, twice as long for each next one, up to ``longest``.
+
+    A ban for good cuts a node off, until it restarts, from a peer that erred
+    once (a corrupt disk) or that a bug of ours misjudged (docs/decisions.md
+    17). A peer that goes on lying loses one verified, discarded block per
+    ban. Offences while banned (the rest of one bad message) add nothing.
+    """
+
+    def __init__(
+        self,
+        first: float = 600.0,
+        longest: float = 86_400.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.first = first
+        self.longest = longest
+        self.clock = clock
+        self.reasons: dict[PeerId, str] = {}  # the current bans
+        self._until: dict[PeerId, float] = {}
+        self._offences: defaultdict[PeerId, int] = defaultdict(int)
+
+    def add(self, peer: PeerId, reason: str) -> None:
+        if peer in self:
+            return
+        length = min(self.first * 2 ** self._offences[peer], self.longest)
+        self._offences[peer] += 1
+        self._until[peer] = self.clock() + length
+        self.reasons[peer] = reason
+
+    def __contains__(self, peer: object) -> bool:
+        if not isinstance(peer, str):
+            return False
+        banned = PeerId(peer)
+        until = self._until.get(banned)
+        if until is None:
+            return False
+        if self.clock() < until:
+            return True
+        del self._until[banned], self.reasons[banned]
+        return False
+
+    def until(self, peer: PeerId) -> float | None:
+        """When ``peer``'s ban ends (on ``clock``), if it is banned."""
+        return self._until.get(peer) if peer in self else None
+
+
 @dataclass
 class BitswapStats:
     blocks_served: int = 0
@@ -124,7 +173,7 @@ class Bitswap:
         # path below it may still come (see _late)
         self._late_path: dict[PeerId, tuple[bytes, int]] = {}
         self._nursery: trio.Nursery | None = None
-        self.banned: dict[PeerId, str] = {}
+        self.banned = Bans()
         # peers that refused an optimistic open: their streams are negotiated
         self._negotiate_with: set[PeerId] = set()
 
@@ -403,7 +452,7 @@ class Bitswap:
 
     def report_bad_peer(self, peer: PeerId, reason: str) -> None:
         log.warning("peer %s misbehaved: %s", peer, reason)
-        self.banned[peer] = reason
+        self.banned.add(peer, reason)
         for fetch in list(self._fetches):
             fetch.drop_peer(peer, reason)
         if self._on_bad_peer is not None:

@@ -280,9 +280,9 @@ class Bitswap:
         return False
 
     def _note_received(self, peer: PeerId, block: Block) -> None:
-        # A path block too: two fetches of one root may both want it from this
-        # peer before its first answer comes, and it answers each want with
-        # the root and the same path. The second path is a duplicate.
+        # Every block a fetch took from ``peer``, asked for or on a path: a second
+        # copy of one is a duplicate (_late), and the path below a second copy
+        # of an inner node is late too (_late_path).
         self.stats.blocks_fetched += 1
         self.stats.bytes_fetched += len(block.data)
         received = self._received[peer]

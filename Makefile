@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.availability
 	$(BIN)/python -m bench.gossip
 	$(BIN)/python -m bench.clients
+	$(BIN)/python -m bench.lagging
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -13,6 +13,9 @@ Fetching: a :class:`Fetch` walks a UnixFS DAG in file order, keeps up to
 ``per_peer_window`` each, the least loaded peer first), verifies every block
 (its CID is computed from its bytes and must be one we asked that peer for),
 and yields leaf bytes in order, so playback can start at the first block.
+Blocks go to the store in batches as they arrive; a reader that lags (a
+player, a browser on a slow link) has at most ``buffer_bytes`` of leaves
+kept in memory ahead of it, and reads the rest back from the store.
 A provider that sends a block we did not ask it for is reported as bad,
 disconnected, dropped and banned for a while (:class:`Bans`); one that
 answers DONT_HAVE or stalls loses those CIDs to the others. The fetch fails
@@ -75,6 +78,10 @@ class BitswapConfig:
     stall_timeout: float = 10.0
     max_ledger: int = 8192
     store_batch: int = 16
+    # leaf bytes a fetch keeps in memory ahead of its reader; the blocks beyond
+    # are in the store (the lookahead is twice the window: 48 MiB of 256 KiB
+    # leaves, all of it held in memory for a reader slower than the network)
+    buffer_bytes: int = 8 << 20
 
 
 class Bans:
@@ -522,10 +529,15 @@ class Fetch:
         self._off: list[int] = [0]  # file offset of each _seq entry's first byte
         self._pos = 0
         self._arrived: dict[CID, bytes] = {}
+        self._buffered = 0  # bytes of the leaves in _arrived
         self._inflight: dict[CID, _Want] = {}
         self._lacks: defaultdict[CID, set[PeerId]] = defaultdict(set)
         self._asked: defaultdict[PeerId, set[CID]] = defaultdict(set)
         self._pending_store: dict[CID, Block] = {}
+        self._storing: dict[CID, Block] = {}  # the batch being written
+        self._store_lock = trio.Lock()
+        self._flushing = False  # a flush started as blocks arrived is running
+        self._ended = False
         # path blocks still welcome from each peer we sent a want with path_to, and
         # the last block of that path so far: the next must be one of its links
         self._path_budget: defaultdict[PeerId, int] = defaultdict(int)
@@ -549,9 +561,13 @@ class Fetch:
         if block.cid == self.root and self._path_budget.get(peer, 0) > 0:
             self._path_tail[peer] = block.data  # the path below it may follow
         want = self._inflight.pop(block.cid, None)
-        if want is None and block.cid in self._arrived:
-            return
+        if want is None and (self._holds(block.cid) or self.bs.store.has(block.cid)):
+            return  # a second copy (two providers answered one want)
         self._keep(peer, block)
+
+    def _holds(self, cid: CID) -> bool:
+        """Whether ``cid`` arrived and is not yet consumed or in the store."""
+        return cid in self._arrived or cid in self._pending_store or cid in self._storing
 
     def _keep(self, peer: PeerId, block: Block) -> None:
         """A verified block for the walk, and for the store at the next flush."""
@@ -560,9 +576,22 @@ class Fetch:
         # An inner node is decoded by the walk when it needs its children
         # (leaves() at the node, _request_more() looking ahead), not here: the
         # siblings that arrive with the first inner node would otherwise be
-        # decoded before the first leaf is even asked for.
-        self._arrived[block.cid] = block.data
+        # decoded before the first leaf is even asked for. Inner nodes stay in
+        # memory (the walk needs them, and they are small); leaves do while
+        # buffer_bytes allows, and the rest are read back from the store.
+        if block.cid.codec == DAG_PB:
+            self._arrived[block.cid] = block.data
+        elif self._buffered + len(block.data) <= self.bs.config.buffer_bytes:
+            self._arrived[block.cid] = block.data
+            self._buffered += len(block.data)
         self._wake.set()
+        nursery = self.bs._nursery
+        full = len(self._pending_store) >= self.bs.config.store_batch
+        if full and not self._flushing and nursery is not None:
+            # stored now, not when the reader next takes a leaf: a reader that
+            # lags would otherwise keep every block that arrives in memory
+            self._flushing = True
+            nursery.start_soon(self._flush_as_they_arrive)
 
     def take_path_block(self, peer: PeerId, block: Block) -> bool:
         """A block ``peer`` sent on the path a want's path_to asked for: kept like
@@ -574,7 +603,7 @@ class Fetch:
             return False
         self._path_budget[peer] -= 1
         self._path_tail[peer] = block.data
-        if block.cid not in self._arrived:
+        if not self._holds(block.cid):
             self._keep(peer, block)
         return True
 
@@ -645,11 +674,7 @@ class Fetch:
                 if self._error is not None:
                     raise self._error
                 cid = self._seq[self._pos]
-                data = self._arrived.pop(cid, None)
-                if data is None and cid in self._pending_store:
-                    data = self._pending_store[cid].data
-                if data is None:
-                    data = self.bs.store.get(cid)
+                data = self._take(cid)
                 if data is not None and cid.codec == DAG_PB:
                     self._expand(cid, data)
                     continue
@@ -672,8 +697,7 @@ class Fetch:
                 if self.first_byte_at is None:
                     self.first_byte_at = time.perf_counter()
                 self.bytes += len(data)
-                if len(self._pending_store) >= self.bs.config.store_batch:
-                    await self._flush()
+                await self._flush(self.bs.config.store_batch)
                 if data:
                     yield data
                 if self._pos < len(self._seq) and len(self._inflight) <= self._refill_below():
@@ -688,12 +712,27 @@ class Fetch:
                 self._session = None
         finally:
             self.bs._fetches.discard(self)
-            if self._pending_store:
-                self._flush_quietly()
-            if self._session is not None:
-                self.bs.store.end_session(self._session)
             with trio.CancelScope(shield=True):
+                async with self._store_lock:  # a flush still running ends first
+                    self._ended = True
+                    if self._pending_store:
+                        self._flush_quietly()
+                    if self._session is not None:
+                        self.bs.store.end_session(self._session)
                 await self._cancel_all()
+
+    def _take(self, cid: CID) -> bytes | None:
+        """The block at the reader's position, if it is here: in memory, on its
+        way to the store, or in it (read back, verified, as every stored block)."""
+        data = self._arrived.pop(cid, None)
+        if data is not None:
+            if cid.codec != DAG_PB:
+                self._buffered -= len(data)
+            return data
+        held = self._pending_store.get(cid) or self._storing.get(cid)
+        if held is not None:
+            return held.data
+        return self.bs.store.get(cid)
 
     def _capacity(self) -> int:
         cfg = self.bs.config
@@ -711,14 +750,39 @@ class Fetch:
     async def read_all(self) -> bytes:
         return b"".join([chunk async for chunk in self.leaves()])
 
-    async def _flush(self) -> None:
+    async def _flush(self, at_least: int = 1) -> None:
         # Verify and write in a worker thread: LMDB's copy and fsync release the
-        # GIL, so the blocks behind keep arriving meanwhile. The batch leaves
-        # _pending_store first; the loop in leaves() is the only one touching it.
-        if self._pending_store:
-            batch = list(self._pending_store.values())
+        # GIL, so the blocks behind keep arriving meanwhile. One batch at a time
+        # (from leaves(), or started as blocks arrive), of ``at_least`` blocks:
+        # each commit syncs. Until it is written the batch is in _storing, where
+        # leaves() and _request_more() look for it.
+        if len(self._pending_store) < at_least:
+            return
+        async with self._store_lock:
+            if len(self._pending_store) < at_least or self._ended:
+                return
+            self._storing = self._pending_store
             self._pending_store = {}
-            await trio.to_thread.run_sync(self._store, batch)
+            try:
+                await trio.to_thread.run_sync(self._store, list(self._storing.values()))
+            except Exception as exc:  # (the store is full, or failed): leaves() raises it
+                if self._error is None:
+                    self._error = exc
+                self._wake.set()
+                raise
+            finally:
+                self._storing = {}
+
+    async def _flush_as_they_arrive(self) -> None:
+        try:
+            while not self._ended:
+                await self._flush(self.bs.config.store_batch)
+                if len(self._pending_store) < self.bs.config.store_batch:
+                    break
+        except Exception as exc:  # kept in _error: leaves() raises it
+            log.debug("storing blocks of %s failed: %s", self.root, exc)
+        finally:
+            self._flushing = False
 
     def _store(self, batch: Sequence[Block]) -> None:
         if self._session is None:
@@ -766,7 +830,7 @@ class Fetch:
                     return
                 i -= 1  # (the loop's bound is read again: the sequence grew)
                 continue
-            if cid in self._inflight or cid in self._arrived or self.bs.store.has(cid):
+            if cid in self._inflight or self._holds(cid) or self.bs.store.has(cid):
                 continue  # (a stored block is read by leaves(): no provider needed)
             needed = True
             candidates = [

@@ -174,10 +174,13 @@ class BlockStore:
             if not isinstance(block, HashedBlock) and not block.cid.matches(block.data):
                 raise HashMismatchError(block.cid)
         new: list[CID] = []
-        with self._env.begin(write=True, db=self._blocks) as txn:
-            for block in checked:
-                if txn.put(block.cid.digest, block.data, overwrite=False):
-                    new.append(block.cid)
+        try:
+            with self._env.begin(write=True, db=self._blocks) as txn:
+                for block in checked:
+                    if txn.put(block.cid.digest, block.data, overwrite=False):
+                        new.append(block.cid)
+        except lmdb.Error as exc:  # the disk or the map is full, or the disk failed
+            raise StoreError(f"cannot write blocks to the store in {self.path}: {exc}") from exc
         return new
 
     def delete_blocks(self, cids: Iterable[CID]) -> None:

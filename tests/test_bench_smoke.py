@@ -84,3 +84,13 @@ def test_quick_clients_benchmark_leaves_no_state_for_departed_clients(tmp_path: 
     # (this one is judged: a count, not a timing)
     assert re.search(r"^bitswap state left: 0 ledgers, 0 streams, 0 send locks$", out, re.M), out
     assert re.search(rf"^memory grown per client: .*\(next/first = {NUMBER}\)$", out, re.M), out
+
+
+@pytest.mark.slow
+def test_quick_lagging_benchmark_prints_its_figures(tmp_path: Path) -> None:
+    out = quick_run("bench.lagging", tmp_path, timeout=240)
+    for reader in ("fast", "lagging"):
+        line = rf"^{reader} reader \({NUMBER} MB/s\): peak {NUMBER} MiB allocated during the read$"
+        assert re.search(line, out, re.M), out
+    assert re.search(rf"^lagging / fast: {NUMBER}$", out, re.M), out
+    assert list(tmp_path.iterdir()) == []

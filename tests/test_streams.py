@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -23,6 +23,7 @@ from protocols.bitswap_msg import BitswapMessage
 from protocols.cid import CID, DAG_PB, RAW
 from protocols.unixfs import Block, FileImporter, decode_file_node
 from simnet.local import start_nodes
+from store.blockstore import BlockStore, StoreError
 from tests.conftest import chunks
 
 ECHO = "/coliving/test/echo/1.0.0"
@@ -370,6 +371,34 @@ async def holder_and_client(
     return alice, client, root
 
 
+class Arrivals:
+    """Notes each message a client's Bitswap handles, so a test can lag its reader."""
+
+    def __init__(self, client: Client) -> None:
+        self._on_message = client.bitswap._on_message
+        self._arrived = trio.Event()
+        client.bitswap._on_message = self._noting  # type: ignore[method-assign]
+
+    async def _noting(self, peer: PeerId, message: BitswapMessage) -> None:
+        await self._on_message(peer, message)
+        self._arrived.set()
+
+    async def read_lagging(
+        self, fetch: Fetch, after_each: Callable[[], Awaitable[None]] | None = None
+    ) -> bytes:
+        """Read ``fetch``, taking the next leaf only once every block asked for
+        is here (and ``after_each`` returned): the lookahead is always full."""
+        got = bytearray()
+        async for leaf in fetch.leaves():
+            got += leaf
+            while fetch._inflight:
+                await self._arrived.wait()
+                self._arrived = trio.Event()
+            if after_each is not None:
+                await after_each()
+        return bytes(got)
+
+
 async def test_a_lagging_consumer_still_gets_its_wants_sent_in_batches(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         alice, client, root = await holder_and_client(
@@ -377,35 +406,86 @@ async def test_a_lagging_consumer_still_gets_its_wants_sent_in_batches(tmp_path:
         )
         sent: list[BitswapMessage] = []
         send = client.bitswap.send
-        on_message = client.bitswap._on_message
-        arrived = trio.Event()
 
         async def counting(peer: PeerId, message: BitswapMessage) -> None:
             sent.append(message)
             await send(peer, message)
 
-        async def noting(peer: PeerId, message: BitswapMessage) -> None:
-            nonlocal arrived
-            await on_message(peer, message)
-            arrived.set()
-
         client.bitswap.send = counting  # type: ignore[method-assign]
-        client.bitswap._on_message = noting  # type: ignore[method-assign]
-        got = bytearray()
+        arrivals = Arrivals(client)
         with trio.fail_after(WAIT):
             peer = await client.connect(alice.host.addrs()[0])
-            fetch = client.bitswap.fetch(root, [peer])
-            async for leaf in fetch.leaves():
-                got += leaf
-                # lag: take the next leaf only once every block asked for is
-                # here, so the lookahead is always full of unread blocks
-                while fetch._inflight:
-                    await arrived.wait()
-                    arrived = trio.Event()
+            got = await arrivals.read_lagging(client.bitswap.fetch(root, [peer]))
         assert got == LONG
         wants = [len(m.wants) for m in sent if m.wants]
         # a quarter of the window (4) a message; one by one it would be ~220
         assert len(wants) <= 256 // 4 + 4, wants
+        nursery.cancel_scope.cancel()
+
+
+def leaf_bytes_in_memory(fetch: Fetch) -> int:
+    """Bytes of the leaves a fetch holds: unread, or waiting to be stored."""
+    held = {c: len(d) for c, d in fetch._arrived.items()}
+    for blocks in (fetch._pending_store, fetch._storing):
+        held.update({c: len(b.data) for c, b in blocks.items()})
+    return sum(n for c, n in held.items() if c.codec == RAW)
+
+
+async def test_a_reader_that_lags_keeps_only_its_buffer_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flushed = trio.Event()
+    flush = Fetch._flush_as_they_arrive
+
+    async def noting(self: Fetch) -> None:
+        await flush(self)
+        flushed.set()
+
+    monkeypatch.setattr(Fetch, "_flush_as_they_arrive", noting)
+    async with trio.open_nursery() as nursery:
+        alice, client, root = await holder_and_client(
+            nursery, tmp_path, LONG, FileImporter(chunk_size=1024)
+        )
+        # 4 leaves in memory ahead of the reader; the lookahead is 32
+        config = BitswapConfig(window=16, per_peer_window=16, store_batch=4, buffer_bytes=4096)
+        client.bitswap.config = config
+        held: list[int] = []
+
+        async def stored() -> None:  # every batch begun is written
+            nonlocal flushed
+            while fetch._flushing:
+                await flushed.wait()
+                flushed = trio.Event()
+            held.append(leaf_bytes_in_memory(fetch))
+
+        with trio.fail_after(WAIT):
+            peer = await client.connect(alice.host.addrs()[0])
+            fetch = client.bitswap.fetch(root, [peer])
+            got = await Arrivals(client).read_lagging(fetch, stored)
+        assert got == LONG  # most leaves were read back from the store
+        # the buffer, and less than a store batch waiting for the next flush
+        assert max(held) <= config.buffer_bytes + (config.store_batch - 1) * 1024, held
+        assert max(held) >= config.buffer_bytes  # (the reader did lag)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_store_that_fills_up_fails_the_fetch_not_the_peer(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        alice, client, root = await holder_and_client(
+            nursery, tmp_path, LONG, FileImporter(chunk_size=1024)
+        )
+        good = client.bitswap.store
+        full = BlockStore.open(tmp_path / "small", map_size=64 * 1024)  # real LMDB, a small map
+        client.bitswap.store = full
+        with trio.fail_after(WAIT):
+            peer = await client.connect(alice.host.addrs()[0])
+            with pytest.raises(StoreError, match="cannot write blocks"):
+                await client.bitswap.fetch(root, [peer]).read_all()
+            # the failed write (in a flush begun as blocks arrived) ended that
+            # fetch only: the client's Bitswap still runs, and fetches again
+            client.bitswap.store = good
+            assert await client.bitswap.fetch(root, [peer]).read_all() == LONG
+        full.close()
         nursery.cancel_scope.cancel()
 
 

@@ -378,6 +378,11 @@ def get(
     setup_logging(verbose)
     addr = _resolve(node, data_dir)
     root = _parse_cid(cid)
+    if not output.parent.is_dir() or output.is_dir():
+        # before any dial or transfer: the file would have nowhere to go
+        where = "is a directory" if output.is_dir() else "is in no existing directory"
+        err.print(f"[red]error:[/red] output {output} {where}")
+        raise typer.Exit(2)
     partial = output.with_name(output.name + ".part")
 
     async def body(client: Client, peer: Any) -> int:

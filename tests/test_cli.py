@@ -13,6 +13,7 @@ import trio
 from tests.test_crash import start_node_process
 
 COLIVING = [sys.executable, "-m", "node"]
+SOME_CID = "bafybeihkoelcbslf7gtkcaluugvqaehuj5uasgdpwudmhq7agqjp34p45e"  # well formed
 
 
 def run(*args: str, check: bool = True, **kw: object) -> subprocess.CompletedProcess[bytes]:
@@ -83,6 +84,13 @@ def test_client_errors_are_one_line_not_tracebacks(tmp_path: Path) -> None:
         "get", "not-a-cid", "-o", str(tmp_path / "x"), "--node", _fake_addr(), check=False
     )
     assert bad_cid.returncode == 2 and b"is not a CID" in bad_cid.stderr
+    for output, why in (
+        (tmp_path / "none" / "x", b"no existing directory"),
+        (tmp_path, b"is a directory"),
+    ):
+        # refused before the dial (the node's address is a closed port)
+        bad_output = run("get", SOME_CID, "-o", str(output), "--node", _fake_addr(), check=False)
+        assert bad_output.returncode == 2 and why in bad_output.stderr, bad_output.stderr
     bad_addr = run("cat", "bafkqaaa", "--node", "/ip4/1.2.3", check=False)
     assert bad_addr.returncode == 2 and b"bad multiaddr" in bad_addr.stderr
     unreachable = run("peers", "--node", _fake_addr(), check=False)

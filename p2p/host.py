@@ -35,6 +35,7 @@ from libp2p.io.trio import TrioTCPStream
 from libp2p.io.utils import read_exactly
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.stream.net_stream import NetStream as NetStream  # (tests patch its write)
+from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.protocol_muxer.exceptions import (
@@ -324,6 +325,66 @@ async def _noise_write_sealed_at_once(self: Any, msg: bytes, prefix_encoded: boo
 
 
 BaseNoiseMsgReadWriter.write_msg = _noise_write_sealed_at_once  # type: ignore[method-assign]
+
+
+# py-libp2p 0.8.1 keeps the task that accepted an inbound connection until the
+# swarm stops ("keep handler alive", since trio closes the socket when the
+# handler returns), and that task holds one of the swarm's inbound slots
+# (max_connections - min_connections: 292 here). So a node refused every
+# inbound connection once it had accepted that many in its life, all of them
+# long gone, and kept each one's task and objects meanwhile. Here the task
+# ends when its connection has closed: it finds the connection its upgrade
+# registered (through a context variable, as the upgrade is called in the
+# task itself), waits for it to close, then cancels py-libp2p's wait.
+class _Upgraded:
+    __slots__ = ("conn", "done")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.conn: Any = None  # the muxed connection the upgrade returned
+
+
+_INBOUND: contextvars.ContextVar[_Upgraded | None] = contextvars.ContextVar(
+    "coliving_inbound", default=None
+)
+_upgrade_inbound = Swarm.upgrade_inbound_raw_conn
+_handle_inbound = Swarm._do_handle_inbound_connection
+
+
+async def _upgrade_inbound_noted(self: Any, raw_conn: Any, maddr: Any) -> Any:
+    muxed = await _upgrade_inbound(self, raw_conn, maddr)
+    upgraded = _INBOUND.get()
+    if upgraded is not None and not upgraded.done.is_set():
+        upgraded.conn = muxed
+        upgraded.done.set()
+    return muxed
+
+
+async def _until_closed(swarm: Any, upgraded: _Upgraded, scope: trio.CancelScope) -> None:
+    await upgraded.done.wait()
+    for conn in swarm.get_connections():
+        if conn.muxed_conn is upgraded.conn:
+            await conn.event_closed.wait()
+            break
+    scope.cancel()  # (not registered: it closed already, or was refused)
+
+
+async def _handle_inbound_until_closed(
+    self: Any, read_write_closer: Any, maddr: Any, failure_event: Any
+) -> None:
+    upgraded = _Upgraded()
+    token = _INBOUND.set(upgraded)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_until_closed, self, upgraded, nursery.cancel_scope)
+            await _handle_inbound(self, read_write_closer, maddr, failure_event)
+            nursery.cancel_scope.cancel()  # it returned: the upgrade failed
+    finally:
+        _INBOUND.reset(token)
+
+
+Swarm.upgrade_inbound_raw_conn = _upgrade_inbound_noted  # type: ignore[method-assign]
+Swarm._do_handle_inbound_connection = _handle_inbound_until_closed  # type: ignore[method-assign]
 
 # A Yamux data frame (12-byte header + payload) that fits one Noise transport
 # message. py-libp2p's 64 KiB frames are 16 bytes too big for Noise's 65519-byte

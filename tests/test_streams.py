@@ -613,6 +613,37 @@ async def test_a_node_forgets_a_client_that_went_away(tmp_path: Path) -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_a_host_takes_more_connections_in_its_life_than_it_has_inbound_slots() -> None:
+    """py-libp2p kept the task that accepted a connection, and with it one of
+    the swarm's inbound slots, until the host stopped: a node that had taken
+    max_connections - min_connections connections (292), all gone, refused
+    every new one. Here the node has 2 slots and 6 clients come and go."""
+    async with trio.open_nursery() as nursery:
+        node = Host(NodeKey.generate(), HostConfig(listen=("/ip4/127.0.0.1/tcp/0",)))
+        await nursery.start(node.run)
+        node.set_handler(ECHO, echo)
+        slots = node._host.get_network()._inbound_limiter  # py-libp2p's, as it counts them
+        slots.total_tokens = 2
+        gone = trio.Event()
+        node.on_disconnect.append(lambda peer: gone.set())
+        for _ in range(6):
+            client = Host(NodeKey.generate(), HostConfig(listen=("/ip4/127.0.0.1/tcp/0",)))
+            with trio.fail_after(WAIT):
+                async with trio.open_nursery() as inner:
+                    await inner.start(client.run)
+                    peer = await client.connect(node.addrs()[0])
+                    stream = await client.open_stream(peer, [ECHO])
+                    await stream.write(b"hi")
+                    assert await stream.read(2) == b"hi"
+                    await client.disconnect(peer)
+                    await gone.wait()
+                    gone = trio.Event()
+                    inner.cancel_scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()  # the accepting task has ended
+            assert slots.borrowed_tokens == 0
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_fetch_moves_to_its_other_providers_when_one_disconnects(
     tmp_path: Path,
 ) -> None:

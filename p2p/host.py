@@ -366,7 +366,8 @@ async def _until_closed(swarm: Any, upgraded: _Upgraded, scope: trio.CancelScope
         if conn.muxed_conn is upgraded.conn:
             await conn.event_closed.wait()
             break
-    scope.cancel()  # (not registered: it closed already, or was refused)
+    # closed (or never registered: closed already, or refused): end py-libp2p's wait
+    scope.cancel()
 
 
 async def _handle_inbound_until_closed(
@@ -378,7 +379,7 @@ async def _handle_inbound_until_closed(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_until_closed, self, upgraded, nursery.cancel_scope)
             await _handle_inbound(self, read_write_closer, maddr, failure_event)
-            nursery.cancel_scope.cancel()  # it returned: the upgrade failed
+            nursery.cancel_scope.cancel()  # it returned: the upgrade failed or was refused
     finally:
         _INBOUND.reset(token)
 

@@ -561,13 +561,17 @@ class Fetch:
         if block.cid == self.root and self._path_budget.get(peer, 0) > 0:
             self._path_tail[peer] = block.data  # the path below it may follow
         want = self._inflight.pop(block.cid, None)
-        if want is None and (self._holds(block.cid) or self.bs.store.has(block.cid)):
+        if want is None and self._has(block.cid):
             return  # a second copy (two providers answered one want)
         self._keep(peer, block)
 
     def _holds(self, cid: CID) -> bool:
         """Whether ``cid`` arrived and is not yet consumed or in the store."""
         return cid in self._arrived or cid in self._pending_store or cid in self._storing
+
+    def _has(self, cid: CID) -> bool:
+        """Whether ``cid`` is here: held (see _holds), or in the store."""
+        return self._holds(cid) or self.bs.store.has(cid)
 
     def _keep(self, peer: PeerId, block: Block) -> None:
         """A verified block for the walk, and for the store at the next flush."""
@@ -775,10 +779,8 @@ class Fetch:
 
     async def _flush_as_they_arrive(self) -> None:
         try:
-            while not self._ended:
+            while not self._ended and len(self._pending_store) >= self.bs.config.store_batch:
                 await self._flush(self.bs.config.store_batch)
-                if len(self._pending_store) < self.bs.config.store_batch:
-                    break
         except Exception as exc:  # kept in _error: leaves() raises it
             log.debug("storing blocks of %s failed: %s", self.root, exc)
         finally:
@@ -830,7 +832,7 @@ class Fetch:
                     return
                 i -= 1  # (the loop's bound is read again: the sequence grew)
                 continue
-            if cid in self._inflight or self._holds(cid) or self.bs.store.has(cid):
+            if cid in self._inflight or self._has(cid):
                 continue  # (a stored block is read by leaves(): no provider needed)
             needed = True
             candidates = [

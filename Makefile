@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.gossip
 	$(BIN)/python -m bench.clients
 	$(BIN)/python -m bench.lagging
+	$(BIN)/python -m bench.collect
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -11,6 +11,7 @@ The ``coliving`` console command is :func:`main` (see cli/app.py).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
@@ -18,12 +19,14 @@ import random
 import tempfile
 import time
 import tomllib
+from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
+import trio.lowlevel
 
 from chain.oracle import AllowlistOracle, StakeOracle, WatchingOracle, is_staked_content_node
 from p2p.abc import GossipLike, HostLike, Stream, StreamError, TaskStatus
@@ -36,7 +39,7 @@ from protocols.bitswap import Bitswap, BitswapConfig, Fetch
 from protocols.cid import CID
 from protocols.errors import DecodingError, NotFoundError, ProtocolError
 from protocols.replication import ReplicationConfig, Replicator
-from store.blockstore import BlockStore
+from store.blockstore import BlockStore, Collected, Collection, StoreError
 
 if TYPE_CHECKING:
     from gateway import Gateway
@@ -46,6 +49,7 @@ DIAL_BACKOFF = 30.0  # seconds before a member that could not be dialed is tried
 PROBE_TIMEOUT = 10.0  # a connected member that cannot open a stream in this long is gone
 # (not less: on a loaded host a live peer can take seconds, and dropping it costs a redial)
 GOSSIP_DEGREE = 6  # staked members a node keeps connected (gossipsub's mesh degree D)
+RECENT_ROOTS = 4096  # fetched roots remembered, newest first, for the cache a collection keeps
 
 
 class ConfigError(ValueError):
@@ -77,6 +81,12 @@ class NodeConfig:
     # HTTP gateway (files by CID, web player, /health, /metrics) on "HOST:PORT"
     # (port 0: any free one, see Node.gateway_url); None: no gateway
     gateway: str | None = None
+    # Blocks no pin reaches (gateway streams, range reads, unpinned fetches)
+    # are a cache. Every gc_interval seconds, if they take more than
+    # cache_bytes, a collection removes them but for the files fetched last,
+    # newest first, up to half of cache_bytes.
+    cache_bytes: int = 1 << 30
+    gc_interval: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.listen:
@@ -113,6 +123,10 @@ class NodeConfig:
             raise ConfigError("replicas must be between 1 and 64")
         if self.repair_interval <= 0:
             raise ConfigError("repair_interval must be positive")
+        if not isinstance(self.cache_bytes, int) or self.cache_bytes < 0:
+            raise ConfigError("cache_bytes must be a whole number of bytes, 0 or more")
+        if self.gc_interval <= 0:
+            raise ConfigError("gc_interval must be positive")
 
     @classmethod
     def load(cls, data_dir: Path, **overrides: Any) -> NodeConfig:
@@ -260,6 +274,10 @@ class Node(_Peer):
         self.announcements_received = 0
         self.announced = trio.Event()  # set at every accepted announcement (tests wait on it)
         self.gateway: Gateway | None = None  # started by run() when config.gateway is set
+        self._recent: OrderedDict[CID, None] = OrderedDict()  # fetched roots, newest last
+        self.collections: list[Collected] = []  # the last few (tests read them)
+        self.swept = Collected()  # every collection's removals added up (for /metrics)
+        self.collected = trio.Event()  # set after every collection (tests wait on it)
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -279,6 +297,7 @@ class Node(_Peer):
                 await self.host.dial_bootstrap()
                 await nursery.start(self.replicator.run)
                 nursery.start_soon(self._keep_degree_loop)
+                nursery.start_soon(self._collect_loop)
                 if self.config.gateway is not None:
                     from gateway import Gateway, GatewayConfig
 
@@ -343,7 +362,55 @@ class Node(_Peer):
         if not providers and not self.store.has(cid):
             raise NotFoundError(f"no provider of {cid} is known or reachable")
         pin_name = name if pin and not ranged and not self.store.is_pinned(cid) else None
+        self._recent[cid] = None
+        self._recent.move_to_end(cid)
+        if len(self._recent) > RECENT_ROOTS:
+            self._recent.popitem(last=False)
         return self.bitswap.fetch(cid, providers, pin_name=pin_name, start=start, end=end)
+
+    # -- the store's cache --------------------------------------------------
+
+    async def collect(self, *, force: bool = False) -> Collected | None:
+        """Remove the blocks no pin reaches, but for those fetches in progress
+        need and the files fetched last (newest first, up to half of
+        cache_bytes). Without ``force``, only if they take more than cache_bytes.
+        Runs in short steps, the node serving meanwhile."""
+        if not force and self.store.usage().unpinned_bytes <= self.config.cache_bytes:
+            return None
+        collection = Collection(
+            self.store,
+            cache=list(reversed(self._recent)),
+            cache_bytes=self.config.cache_bytes // 2,
+            active=self.bitswap.active_roots,
+        )
+        started = time.perf_counter()
+        with contextlib.closing(collection.steps()) as steps:  # (closed if cancelled)
+            for _ in steps:
+                await trio.lowlevel.checkpoint()
+        done = collection.result
+        log.info(
+            "store collection: removed %d blocks (%.1f MiB) in %.0f ms; kept %d cached files "
+            "(%.1f MiB)",
+            done.removed_blocks,
+            done.removed_bytes / 2**20,
+            (time.perf_counter() - started) * 1000,
+            done.cached_roots,
+            done.cached_bytes / 2**20,
+        )
+        self.collections = [*self.collections[-7:], done]
+        self.swept.removed_blocks += done.removed_blocks
+        self.swept.removed_bytes += done.removed_bytes
+        self.collected.set()
+        self.collected = trio.Event()
+        return done
+
+    async def _collect_loop(self) -> None:
+        while True:
+            await trio.sleep(self.config.gc_interval)
+            try:
+                await self.collect()
+            except StoreError as exc:  # (the disk failed): the node serves on
+                log.warning("%s", exc)
 
     async def _pinned(self, cid: CID) -> None:
         self.announcer.announce(cid)

@@ -73,6 +73,17 @@ class NodeCollector:
         yield GaugeMetricFamily(
             "coliving_store_bytes", "Bytes of block data stored.", value=stats.bytes_used
         )
+        usage = node.store.usage()
+        yield GaugeMetricFamily(
+            "coliving_store_unpinned_bytes",
+            "Bytes of blocks no pin reaches: the cache a collection keeps under cache_bytes.",
+            value=usage.unpinned_bytes,
+        )
+        yield CounterMetricFamily(
+            "coliving_store_collected_bytes",
+            "Bytes of unpinned blocks the node's collections removed.",
+            value=node.swept.removed_bytes,
+        )
         yield GaugeMetricFamily(
             "coliving_repair_queue",
             "Owned CIDs not yet held here (replication backlog, as of the last repair round).",

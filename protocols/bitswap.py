@@ -29,8 +29,9 @@ import functools
 import logging
 import math
 import time
+import weakref
 from collections import OrderedDict, defaultdict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -172,7 +173,8 @@ class Bitswap:
         self._ledgers: dict[PeerId, _Ledger] = {}
         self._outbound: dict[PeerId, Stream] = {}
         self._send_locks: defaultdict[PeerId, trio.Lock] = defaultdict(trio.Lock)
-        self._fetches: set[Fetch] = set()
+        self._fetches: set[Fetch] = set()  # the fetches running (in leaves())
+        self._made: weakref.WeakSet[Fetch] = weakref.WeakSet()  # ... and those not yet
         self._cancelled: defaultdict[PeerId, OrderedDict[CID, None]] = defaultdict(OrderedDict)
         # recently received from each peer: a second copy of one is a duplicate
         self._received: defaultdict[PeerId, OrderedDict[CID, None]] = defaultdict(OrderedDict)
@@ -493,7 +495,14 @@ class Bitswap:
         if pin_name is not None and (start or end is not None):
             raise ValueError("a byte range of a file cannot be pinned")
         usable = [p for p in dict.fromkeys(providers) if p not in self.banned]
-        return Fetch(self, root, usable, pin_name=pin_name, start=start, end=end)
+        fetch = Fetch(self, root, usable, pin_name=pin_name, start=start, end=end)
+        self._made.add(fetch)
+        return fetch
+
+    def active_roots(self) -> Iterator[CID]:
+        """Roots of the fetches made and not ended: a store collection keeps
+        what they may read from the store (see store.blockstore.Collection)."""
+        return (f.root for f in list(self._made) if not f._ended)
 
 
 @dataclass

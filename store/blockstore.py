@@ -18,6 +18,11 @@ of its DAG is stored, in one transaction that also closes the session. On
 start, a store with sessions still open (the process died mid-write) runs a
 mark-and-sweep that deletes blocks no pin reaches, so a killed upload is
 absent, never half-present.
+
+Blocks no pin reaches (fetched unpinned: gateway streams, range reads) are a
+cache. A :class:`Collection` removes them while the node runs, in short
+steps, never a block that a pin, an open session, a fetch in progress or a
+write made since it began needs (see docs/decisions.md, 21).
 """
 
 from __future__ import annotations
@@ -25,12 +30,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import cbor2
 import lmdb
@@ -71,6 +77,20 @@ class StoreStats:
     bytes_used: int
 
 
+@dataclass(frozen=True, slots=True)
+class StoreUsage:
+    """What a collection would weigh: LMDB's pages of blocks, and the sizes the
+    pins record (a block shared by two pins counts twice, so the unpinned
+    rest is if anything underestimated)."""
+
+    block_bytes: int
+    pinned_bytes: int
+
+    @property
+    def unpinned_bytes(self) -> int:
+        return max(0, self.block_bytes - self.pinned_bytes)
+
+
 class BlockStore:
     """A node's LMDB environment. Open with :meth:`open`; one process at a time."""
 
@@ -82,6 +102,14 @@ class BlockStore:
         self._pins = env.open_db(b"pins")
         self._providers = env.open_db(b"providers")
         self._meta = env.open_db(b"meta")
+        # What a running Collection must not sweep, noted by put_many before it
+        # commits (put_many runs in worker threads too, hence the lock): the
+        # digests each open session wrote, and while a collection runs, every
+        # digest written since it began.
+        self._track = threading.Lock()
+        self._session_blocks: dict[str, set[bytes]] = {}
+        self._written: set[bytes] | None = None
+        self._pinned_bytes: int | None = None  # the sum of pin sizes (see usage)
 
     # -- life cycle -------------------------------------------------------
 
@@ -174,6 +202,12 @@ class BlockStore:
             if not isinstance(block, HashedBlock) and not block.cid.matches(block.data):
                 raise HashMismatchError(block.cid)
         new: list[CID] = []
+        with self._track:
+            digests = [block.cid.digest for block in checked]
+            if session is not None:
+                self._session_blocks.setdefault(session, set()).update(digests)
+            if self._written is not None:
+                self._written.update(digests)
         try:
             with self._env.begin(write=True, db=self._blocks) as txn:
                 for block in checked:
@@ -200,27 +234,54 @@ class BlockStore:
     def end_session(self, session: str) -> None:
         with self._env.begin(write=True, db=self._meta) as txn:
             txn.delete(b"session:" + session.encode())
+        self._forget_session(session)
+
+    def _forget_session(self, session: str) -> None:
+        with self._track:
+            self._session_blocks.pop(session, None)
 
     def pin(self, cid: CID, *, size: int, name: str = "", session: str | None = None) -> Pin:
         """Pin a root whose whole DAG is stored; close ``session`` atomically.
 
-        Refuses to pin a DAG with a missing block: a pin is a promise.
+        Refuses to pin a DAG with a missing block: a pin is a promise. The DAG
+        is checked again inside the pin's own transaction, so a collection
+        sweeping meanwhile can never leave a pin with a block gone.
         """
-        missing = self.missing_blocks(cid, limit=1)
+        missing = self.missing_blocks(cid, limit=1)  # (drops a block that rotted)
         if missing:
             raise StoreError(f"cannot pin {cid}: block {missing[0]} is missing")
         record = Pin(cid, size, name, time.time())
         value = cbor2.dumps({"size": size, "name": name, "pinned_at": record.pinned_at})
-        with self._env.begin(write=True) as txn:
+        with self._env.begin(write=True, buffers=True) as txn:
+            for block, data in self._walk_in(txn, cid):
+                if data is None:
+                    raise StoreError(f"cannot pin {cid}: block {block} is missing")
+            old = txn.get(cid.to_bytes(), db=self._pins)
             txn.put(cid.to_bytes(), value, db=self._pins)
             if session is not None:
                 txn.delete(b"session:" + session.encode(), db=self._meta)
+        self._pinned_changed(cid, old, size)
+        if session is not None:
+            self._forget_session(session)
         self._env.sync(True)  # an acknowledged pin survives a power cut too
         return record
 
     def unpin(self, cid: CID) -> bool:
         with self._env.begin(write=True, db=self._pins) as txn:
-            return bool(txn.delete(cid.to_bytes()))
+            old = txn.pop(cid.to_bytes())
+        self._pinned_changed(cid, old, 0)
+        return old is not None
+
+    def _pinned_changed(self, cid: CID, old: Any, size: int) -> None:
+        """Keep usage()'s sum of pin sizes current without reading every pin."""
+        if self._pinned_bytes is None:
+            return
+        try:
+            before = 0 if old is None else _decode_pin(cid.to_bytes(), bytes(old)).size
+        except DecodingError:
+            self._pinned_bytes = None  # (a record that rotted: read them all next time)
+            return
+        self._pinned_bytes += size - before
 
     def is_pinned(self, cid: CID) -> bool:
         with self._env.begin(db=self._pins) as txn:
@@ -233,27 +294,41 @@ class BlockStore:
                 out.append(_decode_pin(bytes(key), bytes(value)))
         return out
 
-    def walk(self, root: CID) -> Iterator[tuple[CID, bool]]:
-        """Depth-first over a DAG: (cid, present here). Reads only inner nodes."""
+    def _walk_in(self, txn: Any, root: CID, *, lenient: bool = False) -> Iterator[tuple[CID, Any]]:
+        """Depth-first over a DAG as ``txn`` sees it: (cid, its bytes, or None
+        where absent). An inner node that fails its hash is yielded as absent
+        and its branch ends there. ``lenient``: an inner node that is not a
+        UnixFS file node ends its branch too (else DecodingError)."""
         stack = [root]
         while stack:
             cid = stack.pop()
-            if cid.codec != DAG_PB:
-                yield cid, self.has(cid)
-                continue
-            data = self.get(cid)
-            yield cid, data is not None
-            if data is not None:
-                node = decode_file_node(data)
-                stack.extend(reversed([link.cid for link in node.links]))
+            data = txn.get(cid.digest, db=self._blocks)
+            if data is not None and cid.codec == DAG_PB:
+                if not cid.matches(data):
+                    data = None
+                else:
+                    try:
+                        links = decode_file_node(data).links
+                    except DecodingError:
+                        if not lenient:
+                            raise
+                        links = ()
+                    stack.extend(reversed([link.cid for link in links]))
+            yield cid, data
 
     def missing_blocks(self, root: CID, *, limit: int | None = None) -> list[CID]:
+        """Blocks of ``root``'s DAG not here (as far as the present inner nodes
+        tell); an inner node that rotted on disk counts as missing, and is dropped."""
         missing: list[CID] = []
-        for cid, present in self.walk(root):
-            if not present:
-                missing.append(cid)
-                if limit is not None and len(missing) >= limit:
-                    break
+        with self._env.begin(buffers=True) as txn:
+            for cid, data in self._walk_in(txn, root):
+                if data is None:
+                    missing.append(cid)
+                    if limit is not None and len(missing) >= limit:
+                        break
+        rotted = [cid for cid in missing if cid.codec == DAG_PB and self.has(cid)]
+        if rotted:
+            self.delete_blocks(rotted)
         return missing
 
     def open_sessions(self) -> list[str]:
@@ -271,6 +346,7 @@ class BlockStore:
             open_sessions = [k for k, _ in txn.cursor() if k.startswith(b"session:")]
         if not open_sessions:
             return 0
+        self.pins()  # every pin record is read (a corrupt one fails the open) before any sweep
         removed = self.gc()
         with self._env.begin(write=True, db=self._meta) as txn:
             for key in open_sessions:
@@ -278,19 +354,35 @@ class BlockStore:
         return removed
 
     def gc(self) -> int:
-        """Mark every block reachable from a pin, sweep the rest."""
-        live: set[bytes] = set()
-        for pin in self.pins():
-            for cid, _ in self.walk(pin.cid):
-                live.add(cid.digest)
-        removed = 0
-        with self._env.begin(write=True, db=self._blocks) as txn:
-            cursor = txn.cursor()
-            for digest in list(cursor.iternext(keys=True, values=False)):
-                if bytes(digest) not in live:
-                    txn.delete(digest)
-                    removed += 1
-        return removed
+        """Sweep every block no pin (nor open session) reaches, now. Returns
+        blocks removed. A running node uses a :class:`Collection` in steps."""
+        return Collection(self).run().removed_blocks
+
+    def usage(self) -> StoreUsage:
+        """Cheap: LMDB's page counts, and a sum of pin sizes read once, then kept."""
+        with self._env.begin() as txn:
+            st = txn.stat(self._blocks)
+            pages = st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+            if self._pinned_bytes is None:
+                self._pinned_bytes = sum(
+                    _decode_pin(bytes(k), bytes(v)).size for k, v in txn.cursor(self._pins)
+                )
+        return StoreUsage(pages * st["psize"], self._pinned_bytes)
+
+    def _start_tracking(self) -> None:
+        with self._track:
+            if self._written is not None:
+                raise StoreError("a collection is already running on this store")
+            self._written = set()
+
+    def _stop_tracking(self) -> None:
+        with self._track:
+            self._written = None
+
+    def _protected(self) -> set[bytes]:
+        """Digests written since the collection began, or by a session still open."""
+        with self._track:
+            return set(self._written or ()).union(*self._session_blocks.values())
 
     # -- provider index ---------------------------------------------------
 
@@ -355,6 +447,157 @@ class BlockStore:
             pins = txn.stat(self._pins)["entries"]
             provs = txn.stat(self._providers)["entries"]
         return StoreStats(blocks, pins, provs, (info["last_pgno"] + 1) * page)
+
+
+@dataclass(slots=True)
+class Collected:
+    """What a collection did."""
+
+    removed_blocks: int = 0
+    removed_bytes: int = 0
+    cached_roots: int = 0  # cache roots whose DAGs were kept within the budget
+    cached_bytes: int = 0  # the bytes of those DAGs that no pin reaches
+    complete: bool = False  # False: stopped before its sweep ended (cancelled)
+
+
+def _prefix(digest: bytes | memoryview) -> int:
+    # The live set holds 8 bytes of each digest, not 32: half the memory, and a
+    # collision only keeps a block that could have gone.
+    return int.from_bytes(digest[:8], "little")
+
+
+class Collection:
+    """One mark-and-sweep of a store's blocks that nothing needs.
+
+    Kept: every block that a pin reaches (pins made during the collection
+    too), that a session still open wrote, that was written since the
+    collection began, that a fetch in progress (``active()``, asked at every
+    step) reaches as the store holds it; and the DAGs of the ``cache`` roots,
+    newest first, while their unpinned bytes fit in ``cache_bytes``.
+
+    It runs in :meth:`steps`: each is short and at most one write
+    transaction, and every write step checks again what was pinned, fetched
+    and written meanwhile, so a caller may do anything between two steps.
+    :meth:`run` does all the steps at once.
+    """
+
+    # A step ends once it has run this long (checked between two DAGs while
+    # marking, every few keys while sweeping): a node's warm first byte takes
+    # a few ms, and a step holds its event loop up for as long as it runs.
+    STEP_SECONDS: Final = 0.002
+
+    def __init__(
+        self,
+        store: BlockStore,
+        *,
+        cache: Sequence[CID] = (),
+        cache_bytes: int = 0,
+        active: Callable[[], Iterable[CID]] = tuple,
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.cache_bytes = cache_bytes
+        self.active = active
+        self.result = Collected()
+        self.marked = False  # the mark is done: the steps from here sweep
+        self._live: set[int] = set()
+        self._walked: set[bytes] = set()  # roots (CID bytes) whose DAGs are marked
+
+    def run(self) -> Collected:
+        for _ in self.steps():
+            pass
+        return self.result
+
+    def steps(self) -> Generator[None, None, None]:
+        self.store._start_tracking()
+        try:
+            yield from self._mark()
+            yield from self._sweep()
+            self.result.complete = True
+        except lmdb.Error as exc:
+            raise StoreError(f"collection of the store in {self.store.path} failed: {exc}") from exc
+        finally:
+            self.store._stop_tracking()
+
+    def _unmarked(self, txn: Any, root: CID) -> tuple[set[int], int]:
+        """The blocks of ``root``'s DAG that ``txn`` holds and no mark has
+        reached yet, and their bytes."""
+        keys: set[int] = set()
+        size = 0
+        for cid, data in self.store._walk_in(txn, root, lenient=True):
+            key = _prefix(cid.digest)
+            if data is not None and key not in self._live and key not in keys:
+                keys.add(key)
+                size += len(data)
+        return keys, size
+
+    def _mark_dag(self, txn: Any, root: CID) -> None:
+        self._walked.add(root.to_bytes())
+        self._live |= self._unmarked(txn, root)[0]
+
+    def _mark_new_roots(self, txn: Any) -> None:
+        """Pins and fetches that appeared since the last look."""
+        for raw in txn.cursor(db=self.store._pins).iternext(keys=True, values=False):
+            if bytes(raw) not in self._walked:
+                self._mark_dag(txn, CID.from_bytes(bytes(raw)))
+        for root in self.active():
+            if root.to_bytes() not in self._walked:
+                self._mark_dag(txn, root)
+
+    def _mark(self) -> Iterator[None]:
+        store = self.store
+        deadline = time.perf_counter() + self.STEP_SECONDS
+        with store._env.begin(buffers=True) as txn:
+            pins = [bytes(k) for k in txn.cursor(db=store._pins).iternext(values=False)]
+            for raw in pins:
+                self._mark_dag(txn, CID.from_bytes(raw))
+                if time.perf_counter() >= deadline:
+                    yield
+                    deadline = time.perf_counter() + self.STEP_SECONDS
+            self._mark_new_roots(txn)
+            budget = self.cache_bytes
+            for root in self.cache:
+                if budget <= 0:
+                    break
+                if root.to_bytes() in self._walked:
+                    continue
+                keys, size = self._unmarked(txn, root)
+                if keys and size <= budget:  # (one that does not fit is skipped, not the rest)
+                    self._live |= keys
+                    self._walked.add(root.to_bytes())
+                    budget -= size
+                    self.result.cached_roots += 1
+                    self.result.cached_bytes += size
+                if time.perf_counter() >= deadline:
+                    yield
+                    deadline = time.perf_counter() + self.STEP_SECONDS
+        self.marked = True
+        yield
+
+    def _sweep(self) -> Iterator[None]:
+        store = self.store
+        after = b""
+        more = True
+        while more:
+            with store._env.begin(write=True, buffers=True) as txn:
+                self._mark_new_roots(txn)
+                protected = store._protected()
+                cursor = txn.cursor(db=store._blocks)
+                more = cursor.set_range(after)
+                deadline = time.perf_counter() + self.STEP_SECONDS
+                looked = 0
+                while more and (looked % 16 or time.perf_counter() < deadline):
+                    key = bytes(cursor.key())
+                    looked += 1
+                    after = key + b"\x00"  # the next key after this one
+                    if _prefix(key) in self._live or key in protected:
+                        more = cursor.next()
+                        continue
+                    self.result.removed_bytes += len(cursor.value())
+                    self.result.removed_blocks += 1
+                    cursor.delete()  # (and moves to the next key)
+                    more = len(cursor.key()) > 0
+            yield
 
 
 def _decode_pin(key: bytes, value: bytes) -> Pin:

@@ -1,5 +1,5 @@
-"""The transfer, availability, gossip and clients benchmarks run end to end (``--quick``) and
-print their figures.
+"""The transfer, availability, gossip, clients, lagging and collect benchmarks run
+end to end (``--quick``) and print their figures.
 
 A smoke run only: the figures are not judged here (timings on a shared CI
 machine mean nothing); ``make bench`` is where they are read.
@@ -93,4 +93,11 @@ def test_quick_lagging_benchmark_prints_its_figures(tmp_path: Path) -> None:
         line = rf"^{reader} reader \({NUMBER} MB/s\): peak {NUMBER} MiB allocated during the read$"
         assert re.search(line, out, re.M), out
     assert re.search(rf"^lagging / fast: {NUMBER}$", out, re.M), out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_quick_collect_benchmark_prints_its_figures(tmp_path: Path) -> None:
+    out = quick_run("bench.collect", tmp_path, timeout=120)
+    assert re.search(rf"^collection: {NUMBER} ms in [0-9]+ steps; removed 40 blocks", out, re.M)
+    assert re.search(rf"^longest step: .*; ratio {NUMBER}$", out, re.M), out
     assert list(tmp_path.iterdir()) == []

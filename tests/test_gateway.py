@@ -458,7 +458,13 @@ async def test_metrics_count_a_fetch(tmp_path: Path) -> None:
         assert metric(after, "coliving_gateway_requests_total", route="content", status="200") == 1
         assert metric(after, "coliving_gateway_bytes_sent_total") == len(data)
         assert metric(after, "coliving_gateway_first_byte_seconds_count") == 1
-        for name in ("coliving_gossip_accepted_total", "coliving_pins", "coliving_repair_queue"):
+        for name in (
+            "coliving_gossip_accepted_total",
+            "coliving_pins",
+            "coliving_repair_queue",
+            "coliving_store_unpinned_bytes",
+            "coliving_store_collected_bytes_total",
+        ):
             assert any(
                 s.name == name for f in text_string_to_metric_families(after) for s in f.samples
             ), name

@@ -110,6 +110,9 @@ class BlockStore:
         self._session_blocks: dict[str, set[bytes]] = {}
         self._written: set[bytes] | None = None
         self._pinned_bytes: int | None = None  # the sum of pin sizes (see usage)
+        # Bumped inside every pin's write transaction: a collection's sweep,
+        # reading it inside its own, knows whether to look for new pins.
+        self._pin_generation = 0
 
     # -- life cycle -------------------------------------------------------
 
@@ -258,6 +261,7 @@ class BlockStore:
                     raise StoreError(f"cannot pin {cid}: block {block} is missing")
             old = txn.get(cid.to_bytes(), db=self._pins)
             txn.put(cid.to_bytes(), value, db=self._pins)
+            self._pin_generation += 1
             if session is not None:
                 txn.delete(b"session:" + session.encode(), db=self._meta)
         self._pinned_changed(cid, old, size)
@@ -379,10 +383,12 @@ class BlockStore:
         with self._track:
             self._written = None
 
-    def _protected(self) -> set[bytes]:
-        """Digests written since the collection began, or by a session still open."""
-        with self._track:
-            return set(self._written or ()).union(*self._session_blocks.values())
+    def _noted(self, digest: bytes) -> bool:
+        """Written since the collection began, or by a session still open.
+        (The caller holds ``_track``.)"""
+        if self._written is not None and digest in self._written:
+            return True
+        return any(digest in blocks for blocks in self._session_blocks.values())
 
     # -- provider index ---------------------------------------------------
 
@@ -482,9 +488,9 @@ class Collection:
     """
 
     # A step ends once it has run this long (checked between two DAGs while
-    # marking, every few keys while sweeping): a node's warm first byte takes
-    # a few ms, and a step holds its event loop up for as long as it runs.
-    STEP_SECONDS: Final = 0.002
+    # marking; while sweeping, after at least 16 keys): a node's warm first
+    # byte takes a few ms, and a step holds its event loop up while it runs.
+    STEP_SECONDS: float = 0.002
 
     def __init__(
         self,
@@ -502,6 +508,7 @@ class Collection:
         self.marked = False  # the mark is done: the steps from here sweep
         self._live: set[int] = set()
         self._walked: set[bytes] = set()  # roots (CID bytes) whose DAGs are marked
+        self._pins_seen = -1  # the store's pin generation when the pins were last read
 
     def run(self) -> Collected:
         for _ in self.steps():
@@ -514,7 +521,7 @@ class Collection:
             yield from self._mark()
             yield from self._sweep()
             self.result.complete = True
-        except lmdb.Error as exc:
+        except (lmdb.Error, DecodingError) as exc:  # (a disk failure, a pin key that rotted)
             raise StoreError(f"collection of the store in {self.store.path} failed: {exc}") from exc
         finally:
             self.store._stop_tracking()
@@ -536,10 +543,13 @@ class Collection:
         self._live |= self._unmarked(txn, root)[0]
 
     def _mark_new_roots(self, txn: Any) -> None:
-        """Pins and fetches that appeared since the last look."""
-        for raw in txn.cursor(db=self.store._pins).iternext(keys=True, values=False):
-            if bytes(raw) not in self._walked:
-                self._mark_dag(txn, CID.from_bytes(bytes(raw)))
+        """Pins and fetches that appeared since the last look. (Inside a write
+        transaction: no pin is being written, and the generation is current.)"""
+        if self._pins_seen != self.store._pin_generation:
+            self._pins_seen = self.store._pin_generation
+            for raw in txn.cursor(db=self.store._pins).iternext(keys=True, values=False):
+                if bytes(raw) not in self._walked:
+                    self._mark_dag(txn, CID.from_bytes(bytes(raw)))
         for root in self.active():
             if root.to_bytes() not in self._walked:
                 self._mark_dag(txn, root)
@@ -554,7 +564,8 @@ class Collection:
                 if time.perf_counter() >= deadline:
                     yield
                     deadline = time.perf_counter() + self.STEP_SECONDS
-            self._mark_new_roots(txn)
+            for root in self.active():
+                self._mark_dag(txn, root)
             budget = self.cache_bytes
             for root in self.cache:
                 if budget <= 0:
@@ -579,19 +590,20 @@ class Collection:
         after = b""
         more = True
         while more:
-            with store._env.begin(write=True, buffers=True) as txn:
+            # (put_many notes what it writes under _track before it waits for
+            # the write lock, so holding both here cannot deadlock)
+            with store._env.begin(write=True, buffers=True) as txn, store._track:
                 self._mark_new_roots(txn)
-                protected = store._protected()
                 cursor = txn.cursor(db=store._blocks)
                 more = cursor.set_range(after)
                 # (half the step's time: its commit, with its data sync, takes the rest)
                 deadline = time.perf_counter() + self.STEP_SECONDS / 2
                 looked = 0
-                while more and (looked % 16 or time.perf_counter() < deadline):
+                while more and (looked < 16 or time.perf_counter() < deadline):
                     key = bytes(cursor.key())
                     looked += 1
                     after = key + b"\x00"  # the next key after this one
-                    if _prefix(key) in self._live or key in protected:
+                    if _prefix(key) in self._live or store._noted(key):
                         more = cursor.next()
                         continue
                     self.result.removed_bytes += len(cursor.value())

@@ -30,6 +30,12 @@ def store(tmp_path: Path) -> Iterator[BlockStore]:
         yield opened
 
 
+class Fine(Collection):
+    """A collection in the smallest steps: one DAG, or 16 keys, at a time."""
+
+    STEP_SECONDS = 0.0
+
+
 def dag_bytes(blocks: list[Block]) -> int:
     return sum(len(b.data) for b in blocks)
 
@@ -101,6 +107,26 @@ def test_a_pin_made_while_a_collection_runs_keeps_its_whole_dag(store: BlockStor
     for _ in steps:
         pass
     assert store.missing_blocks(root) == []
+
+
+def test_a_session_pinned_between_two_sweep_steps_keeps_its_dag(store: BlockStore) -> None:
+    # Its blocks are kept as the session's, then as the pin's: the sweep looks
+    # for new pins whenever one was made since its last look.
+    root, blocks = small_tree(os.urandom(900))
+    session = store.begin_session("an upload")
+    store.put_many(blocks, session=session)
+    store.put_many([raw_block(os.urandom(8)) for _ in range(64)])  # a cache to sweep
+    collection = Fine(store)
+    steps = collection.steps()
+    while not collection.marked:
+        next(steps)
+    next(steps)  # one sweep step: 16 keys
+    assert collection.result.removed_blocks > 0
+    store.pin(root, size=900, session=session)
+    for _ in steps:
+        pass
+    assert store.missing_blocks(root) == []
+    assert collection.result.removed_blocks == 64
 
 
 def test_a_fetch_in_progress_keeps_the_blocks_it_would_read(store: BlockStore) -> None:
@@ -175,7 +201,7 @@ def test_no_interleaving_of_writes_and_a_collection_breaks_a_pin(
     trees = [small_tree(SILENCE + rng.randbytes(150 + 90 * i)) for i in range(6)]
     with tempfile.TemporaryDirectory() as tmp, BlockStore.open(Path(tmp) / "s") as store:
         sessions: dict[int, str] = {}
-        steps = Collection(store, cache=[trees[0][0]], cache_bytes=200).steps()
+        steps = Fine(store, cache=[trees[0][0]], cache_bytes=200).steps()
         for op, i in ops:
             root, blocks = trees[i]
             if op == "cache":
@@ -192,7 +218,7 @@ def test_no_interleaving_of_writes_and_a_collection_breaks_a_pin(
             elif op == "unpin":
                 store.unpin(root)
             elif op == "step" and next(steps, "done") == "done":
-                steps = Collection(store).steps()
+                steps = Fine(store).steps()
             for pin in store.pins():  # the invariant, after every op
                 assert store.missing_blocks(pin.cid) == []
             for j in sessions:

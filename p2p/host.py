@@ -15,6 +15,7 @@ Choices (measured, see ../shared/LIBP2P-NOTES.md and docs/decisions.md):
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import logging
@@ -34,6 +35,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.io.trio import TrioTCPStream
 from libp2p.io.utils import read_exactly
 from libp2p.network.config import ConnectionConfig
+from libp2p.network.connection.swarm_connection import SwarmConn
 from libp2p.network.stream.net_stream import NetStream as NetStream  # (tests patch its write)
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
@@ -386,6 +388,31 @@ async def _handle_inbound_until_closed(
 
 Swarm.upgrade_inbound_raw_conn = _upgrade_inbound_noted  # type: ignore[method-assign]
 Swarm._do_handle_inbound_connection = _handle_inbound_until_closed  # type: ignore[method-assign]
+
+# py-libp2p 0.8.1's SwarmConn.close() marks the connection closed first, then
+# awaits the muxer's close, which sends GO_AWAY and closes the socket. When a
+# node stops, the task serving a connection closes it on its way out, being
+# cancelled: the await is cancelled before the socket closes, and every later
+# close() (the swarm's own, at its close) returns at once, seeing the mark. The
+# peer then kept a connection to the stopped node until its liveness probe
+# (30 s), and the socket leaked until garbage collection: in-process nodes (the
+# simnet, tests) only, as a process that exits closes its sockets. So the close
+# runs shielded, bounded in time; past the bound, the socket is closed without
+# the GO_AWAY.
+CONN_CLOSE_TIMEOUT = 2.0
+_swarm_conn_close = SwarmConn.close
+
+
+async def _swarm_conn_close_whole(self: Any) -> None:
+    with trio.CancelScope(shield=True):
+        with trio.move_on_after(CONN_CLOSE_TIMEOUT):
+            await _swarm_conn_close(self)
+            return
+        with trio.move_on_after(CONN_CLOSE_TIMEOUT), contextlib.suppress(Exception):
+            await self.muxed_conn.secured_conn.close()
+
+
+SwarmConn.close = _swarm_conn_close_whole  # type: ignore[method-assign]
 
 # A Yamux data frame (12-byte header + payload) that fits one Noise transport
 # message. py-libp2p's 64 KiB frames are 16 bytes too big for Noise's 65519-byte

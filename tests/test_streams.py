@@ -644,6 +644,34 @@ async def test_a_host_takes_more_connections_in_its_life_than_it_has_inbound_slo
         nursery.cancel_scope.cancel()
 
 
+async def test_a_host_that_stops_closes_its_connections() -> None:
+    """A host stopping (its task cancelled, in this process) closes its
+    sockets, so its peers see it go at once. py-libp2p marked a connection
+    closed, then had its close cancelled before the socket closed, and the
+    swarm's own close found it marked: the peer kept it open until its
+    liveness probe (30 s)."""
+    async with trio.open_nursery() as nursery:
+        node = Host(NodeKey.generate(), HostConfig(listen=("/ip4/127.0.0.1/tcp/0",)))
+        await nursery.start(node.run)
+        node.set_handler(ECHO, echo)
+        gone = trio.Event()
+        node.on_disconnect.append(lambda peer: gone.set())
+        for _ in range(3):
+            client = Host(NodeKey.generate(), HostConfig(listen=("/ip4/127.0.0.1/tcp/0",)))
+            with trio.fail_after(WAIT):
+                async with trio.open_nursery() as inner:
+                    await inner.start(client.run)
+                    peer = await client.connect(node.addrs()[0])
+                    stream = await client.open_stream(peer, [ECHO])
+                    await stream.write(b"hi")
+                    assert await stream.read(2) == b"hi"
+                    inner.cancel_scope.cancel()  # the client stops, its stream open
+                await gone.wait()
+            gone = trio.Event()
+            assert node.connected_peers() == []
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_fetch_moves_to_its_other_providers_when_one_disconnects(
     tmp_path: Path,
 ) -> None:

@@ -613,6 +613,21 @@ async def test_a_node_forgets_a_client_that_went_away(tmp_path: Path) -> None:
         nursery.cancel_scope.cancel()
 
 
+@asynccontextmanager
+async def echoed_through(node: Host) -> AsyncIterator[tuple[Host, PeerId]]:
+    """A new client host, running, that has had "hi" echoed by ``node``; it
+    stops when the block ends."""
+    client = Host(NodeKey.generate(), HostConfig(listen=("/ip4/127.0.0.1/tcp/0",)))
+    async with trio.open_nursery() as inner:
+        await inner.start(client.run)
+        peer = await client.connect(node.addrs()[0])
+        stream = await client.open_stream(peer, [ECHO])
+        await stream.write(b"hi")
+        assert await stream.read(2) == b"hi"
+        yield client, peer
+        inner.cancel_scope.cancel()
+
+
 async def test_a_host_takes_more_connections_in_its_life_than_it_has_inbound_slots() -> None:
     """py-libp2p kept the task that accepted a connection, and with it one of
     the swarm's inbound slots, until the host stopped: a node that had taken
@@ -627,18 +642,11 @@ async def test_a_host_takes_more_connections_in_its_life_than_it_has_inbound_slo
         gone = trio.Event()
         node.on_disconnect.append(lambda peer: gone.set())
         for _ in range(6):
-            client = Host(NodeKey.generate(), HostConfig(listen=("/ip4/127.0.0.1/tcp/0",)))
             with trio.fail_after(WAIT):
-                async with trio.open_nursery() as inner:
-                    await inner.start(client.run)
-                    peer = await client.connect(node.addrs()[0])
-                    stream = await client.open_stream(peer, [ECHO])
-                    await stream.write(b"hi")
-                    assert await stream.read(2) == b"hi"
+                async with echoed_through(node) as (client, peer):
                     await client.disconnect(peer)
                     await gone.wait()
                     gone = trio.Event()
-                    inner.cancel_scope.cancel()
             await trio.testing.wait_all_tasks_blocked()  # the accepting task has ended
             assert slots.borrowed_tokens == 0
         nursery.cancel_scope.cancel()
@@ -657,15 +665,9 @@ async def test_a_host_that_stops_closes_its_connections() -> None:
         gone = trio.Event()
         node.on_disconnect.append(lambda peer: gone.set())
         for _ in range(3):
-            client = Host(NodeKey.generate(), HostConfig(listen=("/ip4/127.0.0.1/tcp/0",)))
             with trio.fail_after(WAIT):
-                async with trio.open_nursery() as inner:
-                    await inner.start(client.run)
-                    peer = await client.connect(node.addrs()[0])
-                    stream = await client.open_stream(peer, [ECHO])
-                    await stream.write(b"hi")
-                    assert await stream.read(2) == b"hi"
-                    inner.cancel_scope.cancel()  # the client stops, its stream open
+                async with echoed_through(node):
+                    pass  # the client stops, its connection and stream open
                 await gone.wait()
             gone = trio.Event()
             assert node.connected_peers() == []

@@ -72,6 +72,9 @@ async def health_body(node: Node) -> dict[str, Any]:
             "store_bytes": stats.bytes_used,
             "blocks": stats.blocks,
             "pins": stats.pins,
+            # blocks no pin reaches, and what the node keeps of them (decisions.md 21)
+            "unpinned_bytes": node.store.usage().unpinned_bytes,
+            "cache_bytes": node.config.cache_bytes,
         },
         "peers": len(node.host.connected_peers()),
         # None until the node's repair loop has run (or on a node without one)

@@ -420,6 +420,7 @@ async def test_health_is_signed_by_the_node(tmp_path: Path) -> None:
         assert body["peer_id"] == gw.peer_id
         assert body["staked"] is True
         assert body["disk"]["free"] > 0 and body["disk"]["store_bytes"] > 0
+        assert body["disk"]["cache_bytes"] == 1 << 30 and body["disk"]["unpinned_bytes"] >= 0
         assert body["version"] and "last_repair" in body and "replication_backlog" in body
         assert verify(document)
         tampered = json.loads(json.dumps(document))

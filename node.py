@@ -150,10 +150,32 @@ class NodeConfig:
                         raise ConfigError(f"{path}: {name} must be a list of strings")
                     values[name] = tuple(values[name])
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if "cache_bytes" in values:
+            values["cache_bytes"] = parse_size(values["cache_bytes"], "cache_bytes")
         try:
             return cls(data_dir=data_dir, **values)
         except TypeError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_SIZE_UNITS |= {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def parse_size(value: object, name: str) -> int:
+    """A number of bytes: an int, or text such as "512MiB" or "2 GB"."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        number = value.strip().rstrip("BbIiKkMmGgTt ")
+        unit = value.strip()[len(number) :].strip().lower()
+        try:
+            amount = float(number)
+        except ValueError:
+            amount = -1.0
+        if unit in _SIZE_UNITS and 0 <= amount < math.inf:
+            return int(amount * _SIZE_UNITS[unit])
+    raise ConfigError(f"{name}: {value!r} is not a size (say 1073741824, 512MiB or 2GB)")
 
 
 def _oracle_from_config(config: NodeConfig, me: PeerId) -> StakeOracle:

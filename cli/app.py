@@ -245,6 +245,15 @@ def node_run(
             "(/player), /health and /metrics. Port 0 picks a free port.",
         ),
     ] = None,
+    cache: Annotated[
+        str | None,
+        typer.Option(
+            "--cache",
+            metavar="SIZE",
+            help="Keep this much of the blocks no pin reaches (streams, range reads) "
+            "before removing them, such as 2GiB (default 1GiB; cache_bytes in node.toml).",
+        ),
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
     """Run a content node until Ctrl-C.
@@ -265,6 +274,7 @@ def node_run(
             rpc=rpc,
             deployment=str(deployment) if deployment else None,
             gateway=gateway,
+            cache_bytes=cache,
         )
         node = Node(config)
         async with trio.open_nursery() as nursery:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 from tests.test_crash import start_node_process
@@ -45,6 +46,28 @@ def test_bad_config_file_is_a_clear_error(tmp_path: Path) -> None:
     proc = run("node", "run", "--data-dir", str(tmp_path), check=False)
     assert proc.returncode == 1
     assert b"unknown keys ['bogus']" in proc.stderr
+
+
+def test_a_cache_size_that_is_not_one_is_a_clear_error(tmp_path: Path) -> None:
+    run("init", "--data-dir", str(tmp_path))
+    proc = run("node", "run", "--data-dir", str(tmp_path), "--cache", "2 parsecs", check=False)
+    assert proc.returncode == 1
+    assert b"cache_bytes: '2 parsecs' is not a size" in proc.stderr
+    (tmp_path / "node.toml").write_text('cache_bytes = "-1GB"\n')
+    proc = run("node", "run", "--data-dir", str(tmp_path), check=False)
+    assert proc.returncode == 1 and b"is not a size" in proc.stderr
+
+
+def test_sizes_read_as_a_user_writes_them(tmp_path: Path) -> None:
+    from node import ConfigError, NodeConfig, parse_size
+
+    sizes = {"512MiB": 512 << 20, "2 GB": 2 * 10**9, "1.5 gib": 3 << 29, "100": 100, "0": 0}
+    assert {text: parse_size(text, "x") for text in sizes} == sizes
+    assert parse_size(7, "x") == 7
+    for bad in ("inf GB", "nan", "GiB", "2 parsecs", True, 1.5, None):
+        with pytest.raises(ConfigError, match="is not a size"):
+            parse_size(bad, "x")
+    assert NodeConfig.load(tmp_path, cache_bytes="1KiB").cache_bytes == 1024
 
 
 def test_devnet_demo_adds_and_fetches_the_sample() -> None:

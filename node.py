@@ -463,8 +463,8 @@ class Node(_Peer):
                 self._dial_failed[peer] = trio.current_time()
 
         async def probe(peer: PeerId) -> None:
-            # A connection can outlive its peer (an in-process node stopped while
-            # a dial crossed its shutdown): open a stream, or drop the connection.
+            # A connection can outlive its peer (a machine that lost its power or
+            # its network sends no FIN): open a stream, or drop the connection.
             self._probed[peer] = now
             try:
                 with trio.fail_after(PROBE_TIMEOUT):

@@ -179,12 +179,7 @@ async def repair_throughput(base: Path, sizes: Sizes) -> Repair:
         with err.status(f"(d) killed a node owning {len(owned)} files; repairing…"):
             scopes[victim].cancel()
             start = time.perf_counter()
-            # A dead process's kernel closes its sockets. In one process a connection
-            # the victim's swarm lost track of (two peers dialing each other at once)
-            # would stay open and keep the victim "live" for that peer: close the
-            # survivors' ends, as the kernel's reset would.
-            for node in survivors:
-                await node.host.disconnect(victim.peer_id)
+            # (its host closes its sockets as it stops, as a dead process's kernel would)
             with trio.fail_after(settle):
                 await until(
                     survivors,

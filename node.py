@@ -300,6 +300,7 @@ class Node(_Peer):
         self.collections: list[Collected] = []  # the last few (tests read them)
         self.swept = Collected()  # every collection's removals added up (for /metrics)
         self.collected = trio.Event()  # set after every collection (tests wait on it)
+        self._collecting = trio.Lock()
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -397,8 +398,12 @@ class Node(_Peer):
         need and the files fetched last (newest first, up to half of
         cache_bytes). Without ``force``, only if they take more than cache_bytes.
         Runs in short steps, the node serving meanwhile."""
-        if not force and self.store.usage().unpinned_bytes <= self.config.cache_bytes:
-            return None
+        async with self._collecting:  # (one at a time: the loop's, and any caller's)
+            if not force and self.store.usage().unpinned_bytes <= self.config.cache_bytes:
+                return None
+            return await self._collect()
+
+    async def _collect(self) -> Collected:
         collection = Collection(
             self.store,
             cache=list(reversed(self._recent)),

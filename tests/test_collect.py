@@ -17,7 +17,7 @@ from protocols.bitswap import BitswapConfig
 from protocols.cid import CID
 from protocols.unixfs import Block, import_bytes
 from simnet.local import start_nodes
-from store.blockstore import BlockStore, Collection
+from store.blockstore import BlockStore, Collected, Collection
 from tests.conftest import chunks
 from tests.test_store import raw_block, small_tree
 
@@ -296,4 +296,14 @@ async def test_a_node_collects_by_itself_once_its_cache_is_over_budget(tmp_path:
         assert bob.store.missing_blocks(roots[2]) == []
         assert not bob.store.has(roots[0])
         assert bob.collections[-1].cached_roots == 1
+        done: list[Collected | None] = []
+
+        async def collect_now() -> None:
+            done.append(await bob.collect(force=True))
+
+        with trio.fail_after(30):  # two at once, beside the node's own: each waits its turn
+            async with trio.open_nursery() as both:
+                both.start_soon(collect_now)
+                both.start_soon(collect_now)
+        assert len(done) == 2 and all(d is not None and d.complete for d in done)
         nursery.cancel_scope.cancel()

@@ -259,7 +259,8 @@ class BlockStore:
             for block, data in self._walk_in(txn, cid):
                 if data is None:
                     raise StoreError(f"cannot pin {cid}: block {block} is missing")
-            old = txn.get(cid.to_bytes(), db=self._pins)
+            found = txn.get(cid.to_bytes(), db=self._pins)
+            old = None if found is None else bytes(found)  # (a buffer dies with its txn)
             txn.put(cid.to_bytes(), value, db=self._pins)
             self._pin_generation += 1
             if session is not None:
@@ -276,12 +277,12 @@ class BlockStore:
         self._pinned_changed(cid, old, 0)
         return old is not None
 
-    def _pinned_changed(self, cid: CID, old: Any, size: int) -> None:
+    def _pinned_changed(self, cid: CID, old: bytes | None, size: int) -> None:
         """Keep usage()'s sum of pin sizes current without reading every pin."""
         if self._pinned_bytes is None:
             return
         try:
-            before = 0 if old is None else _decode_pin(cid.to_bytes(), bytes(old)).size
+            before = 0 if old is None else _decode_pin(cid.to_bytes(), old).size
         except DecodingError:
             self._pinned_bytes = None  # (a record that rotted: read them all next time)
             return

@@ -296,7 +296,8 @@ class Node(_Peer):
         self.announcements_received = 0
         self.announced = trio.Event()  # set at every accepted announcement (tests wait on it)
         self.gateway: Gateway | None = None  # started by run() when config.gateway is set
-        self._recent: OrderedDict[CID, None] = OrderedDict()  # fetched roots, newest last
+        # fetched roots, newest last; kept in the store when the node stops
+        self._recent = OrderedDict((cid, None) for cid in self.store.recent()[-RECENT_ROOTS:])
         self.collections: list[Collected] = []  # the last few (tests read them)
         self.swept = Collected()  # every collection's removals added up (for /metrics)
         self.collected = trio.Event()  # set after every collection (tests wait on it)
@@ -329,7 +330,14 @@ class Node(_Peer):
                 task_status.started()
                 await trio.sleep_forever()
         finally:
+            self._save_recent()
             self.store.close()
+
+    def _save_recent(self) -> None:
+        try:
+            self.store.save_recent(list(self._recent))
+        except StoreError as exc:  # (a full disk): the next start keeps no cache order
+            log.warning("%s", exc)
 
     @property
     def gateway_url(self) -> str | None:
@@ -424,6 +432,7 @@ class Node(_Peer):
             done.cached_roots,
             done.cached_bytes / 2**20,
         )
+        self._save_recent()  # (a crash loses only what was fetched since)
         self.collections = [*self.collections[-7:], done]
         self.swept.removed_blocks += done.removed_blocks
         self.swept.removed_bytes += done.removed_bytes

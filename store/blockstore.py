@@ -391,6 +391,27 @@ class BlockStore:
             return True
         return any(digest in blocks for blocks in self._session_blocks.values())
 
+    def save_recent(self, roots: Sequence[CID]) -> None:
+        """Keep the order of the files fetched last (oldest first) across a
+        restart: the cache a collection keeps is chosen by it."""
+        value = cbor2.dumps([cid.to_bytes() for cid in roots])
+        try:
+            with self._env.begin(write=True, db=self._meta) as txn:
+                txn.put(b"recent", value)
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot write to the store in {self.path}: {exc}") from exc
+
+    def recent(self) -> list[CID]:
+        """What :meth:`save_recent` kept; a record that rotted is an empty one
+        (it costs only the cache's order)."""
+        with self._env.begin(db=self._meta) as txn:
+            raw = txn.get(b"recent")
+        try:
+            items = [] if raw is None else cbor2.loads(raw)
+            return [CID.from_bytes(item) for item in items]
+        except (cbor2.CBORDecodeError, DecodingError, TypeError, ValueError):
+            return []
+
     # -- provider index ---------------------------------------------------
 
     def add_providers(self, peer: bytes, cids: Iterable[CID], *, ttl: float) -> None:

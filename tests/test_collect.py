@@ -7,6 +7,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -307,3 +308,35 @@ async def test_a_node_collects_by_itself_once_its_cache_is_over_budget(tmp_path:
                 both.start_soon(collect_now)
         assert len(done) == 2 and all(d is not None and d.complete for d in done)
         nursery.cancel_scope.cancel()
+
+
+async def test_the_cache_keeps_its_order_across_a_restart(tmp_path: Path) -> None:
+    payloads = [os.urandom(4 * 262_144 + i) for i in range(3)]
+    quiet: dict[str, Any] = {"gc_interval": 3600, "repair_interval": 3600}
+    async with trio.open_nursery() as nursery:
+        alice, bob = await start_nodes(nursery, tmp_path, 2, names=["alice", "bob"], **quiet)
+        roots = [await alice.add(chunks(p)) for p in payloads]
+        with trio.fail_after(30):
+            for root, payload in zip(roots, payloads, strict=True):
+                fetch = await bob.fetch(root, pin=False)
+                assert await fetch.read_all() == payload
+            del fetch
+        nursery.cancel_scope.cancel()
+    async with trio.open_nursery() as nursery:
+        (bob,) = await start_nodes(
+            nursery, tmp_path, 1, names=["bob"], cache_bytes=9 * 262_144, **quiet
+        )
+        done = await bob.collect()
+        assert done is not None and done.cached_roots == 1
+        assert bob.store.missing_blocks(roots[2]) == []  # the file fetched last
+        assert not bob.store.has(roots[0]) and not bob.store.has(roots[1])
+        nursery.cancel_scope.cancel()
+
+
+def test_a_recent_list_that_rotted_is_an_empty_one(store: BlockStore) -> None:
+    root, _ = small_tree(b"x" * 100)
+    store.save_recent([root])
+    assert store.recent() == [root]
+    with store._env.begin(write=True, db=store._meta) as txn:
+        txn.put(b"recent", b"\xff not cbor")
+    assert store.recent() == []

@@ -14,6 +14,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from node import Node
 from protocols.bitswap import BitswapConfig
 from protocols.cid import CID
 from protocols.unixfs import Block, import_bytes
@@ -274,8 +275,19 @@ async def test_a_node_collects_while_it_streams(tmp_path: Path) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_a_node_collects_by_itself_once_its_cache_is_over_budget(tmp_path: Path) -> None:
+async def three_fetched(alice: Node, bob: Node) -> list[CID]:
+    """Three files of 4 leaves added at alice, then fetched unpinned at bob,
+    in this order (their roots)."""
     payloads = [os.urandom(4 * 262_144 + i) for i in range(3)]
+    roots = [await alice.add(chunks(p)) for p in payloads]
+    with trio.fail_after(30):
+        for root, payload in zip(roots, payloads, strict=True):
+            fetch = await bob.fetch(root, pin=False)
+            assert await fetch.read_all() == payload
+    return roots
+
+
+async def test_a_node_collects_by_itself_once_its_cache_is_over_budget(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         alice, bob = await start_nodes(
             nursery,
@@ -285,12 +297,8 @@ async def test_a_node_collects_by_itself_once_its_cache_is_over_budget(tmp_path:
             gc_interval=0.01,
             repair_interval=3600,
         )
-        roots = [await alice.add(chunks(p)) for p in payloads]
+        roots = await three_fetched(alice, bob)
         with trio.fail_after(30):
-            for root, payload in zip(roots, payloads, strict=True):
-                fetch = await bob.fetch(root, pin=False)
-                assert await fetch.read_all() == payload
-            del fetch
             while bob.store.usage().unpinned_bytes > 9 * 262_144:
                 await bob.collected.wait()
         # the file fetched last is kept whole, the first is gone
@@ -311,16 +319,10 @@ async def test_a_node_collects_by_itself_once_its_cache_is_over_budget(tmp_path:
 
 
 async def test_the_cache_keeps_its_order_across_a_restart(tmp_path: Path) -> None:
-    payloads = [os.urandom(4 * 262_144 + i) for i in range(3)]
     quiet: dict[str, Any] = {"gc_interval": 3600, "repair_interval": 3600}
     async with trio.open_nursery() as nursery:
         alice, bob = await start_nodes(nursery, tmp_path, 2, names=["alice", "bob"], **quiet)
-        roots = [await alice.add(chunks(p)) for p in payloads]
-        with trio.fail_after(30):
-            for root, payload in zip(roots, payloads, strict=True):
-                fetch = await bob.fetch(root, pin=False)
-                assert await fetch.read_all() == payload
-            del fetch
+        roots = await three_fetched(alice, bob)
         nursery.cancel_scope.cancel()
     async with trio.open_nursery() as nursery:
         (bob,) = await start_nodes(

@@ -247,24 +247,24 @@ class BlockStore:
         """Pin a root whose whole DAG is stored; close ``session`` atomically.
 
         Refuses to pin a DAG with a missing block: a pin is a promise. The DAG
-        is checked again inside the pin's own transaction, so a collection
-        sweeping meanwhile can never leave a pin with a block gone.
+        is checked inside the pin's own transaction, so a collection sweeping
+        meanwhile can never leave a pin with a block gone.
         """
-        missing = self.missing_blocks(cid, limit=1)  # (drops a block that rotted)
-        if missing:
-            raise StoreError(f"cannot pin {cid}: block {missing[0]} is missing")
         record = Pin(cid, size, name, time.time())
         value = cbor2.dumps({"size": size, "name": name, "pinned_at": record.pinned_at})
+        old: bytes | None = None
         with self._env.begin(write=True, buffers=True) as txn:
-            for block, data in self._walk_in(txn, cid):
-                if data is None:
-                    raise StoreError(f"cannot pin {cid}: block {block} is missing")
-            found = txn.get(cid.to_bytes(), db=self._pins)
-            old = None if found is None else bytes(found)  # (a buffer dies with its txn)
-            txn.put(cid.to_bytes(), value, db=self._pins)
-            self._pin_generation += 1
-            if session is not None:
-                txn.delete(b"session:" + session.encode(), db=self._meta)
+            missing = self._missing_in(txn, cid, limit=1)
+            if not missing:
+                found = txn.get(cid.to_bytes(), db=self._pins)
+                old = None if found is None else bytes(found)  # (a buffer dies with its txn)
+                txn.put(cid.to_bytes(), value, db=self._pins)
+                self._pin_generation += 1
+                if session is not None:
+                    txn.delete(b"session:" + session.encode(), db=self._meta)
+        if missing:
+            self._drop_rotted(missing)
+            raise StoreError(f"cannot pin {cid}: block {missing[0]} is missing")
         self._pinned_changed(cid, old, size)
         if session is not None:
             self._forget_session(session)
@@ -324,17 +324,26 @@ class BlockStore:
     def missing_blocks(self, root: CID, *, limit: int | None = None) -> list[CID]:
         """Blocks of ``root``'s DAG not here (as far as the present inner nodes
         tell); an inner node that rotted on disk counts as missing, and is dropped."""
-        missing: list[CID] = []
         with self._env.begin(buffers=True) as txn:
-            for cid, data in self._walk_in(txn, root):
-                if data is None:
-                    missing.append(cid)
-                    if limit is not None and len(missing) >= limit:
-                        break
+            missing = self._missing_in(txn, root, limit=limit)
+        self._drop_rotted(missing)
+        return missing
+
+    def _missing_in(self, txn: Any, root: CID, *, limit: int | None) -> list[CID]:
+        missing: list[CID] = []
+        for cid, data in self._walk_in(txn, root):
+            if data is None:
+                missing.append(cid)
+                if limit is not None and len(missing) >= limit:
+                    break
+        return missing
+
+    def _drop_rotted(self, missing: Iterable[CID]) -> None:
+        """Delete the inner nodes among ``missing`` that are stored but failed
+        their hash, so that a fetch can store them again."""
         rotted = [cid for cid in missing if cid.codec == DAG_PB and self.has(cid)]
         if rotted:
             self.delete_blocks(rotted)
-        return missing
 
     def open_sessions(self) -> list[str]:
         """Write sessions begun and never ended (after a crash, until recover())."""

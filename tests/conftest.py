@@ -12,6 +12,7 @@ import pytest
 if TYPE_CHECKING:
     from chain.stake import ChainStakeOracle
     from p2p.keys import PeerId
+    from store.blockstore import BlockStore
 
 
 @pytest.fixture(autouse=True)
@@ -23,6 +24,15 @@ def _quiet_libp2p() -> None:
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[BlockStore]:
+    """A real LMDB block store in a temporary directory."""
+    from store.blockstore import BlockStore
+
+    with BlockStore.open(tmp_path / "store") as opened:
+        yield opened
 
 
 def pattern(n: int) -> bytes:

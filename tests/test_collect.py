@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,6 @@ from tests.conftest import chunks
 from tests.test_store import raw_block, small_tree
 
 SILENCE = bytes(64)  # one chunk of small_tree's files: digital silence
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[BlockStore]:
-    with BlockStore.open(tmp_path / "store") as opened:
-        yield opened
 
 
 class Fine(Collection):

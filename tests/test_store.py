@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import cbor2
@@ -22,12 +21,6 @@ def small_tree(payload: bytes) -> tuple[CID, list[Block]]:
     blocks = importer.feed(payload)
     root, tail = importer.finish()
     return root, blocks + tail
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[BlockStore]:
-    with BlockStore.open(tmp_path / "store") as opened:
-        yield opened
 
 
 def raw_block(data: bytes) -> Block:
@@ -64,6 +57,21 @@ def test_get_drops_a_block_that_rotted_on_disk(store: BlockStore) -> None:
         txn.put(block.cid.digest, b"rotten")
     assert store.get(block.cid) is None
     assert not store.has(block.cid)
+
+
+def test_pin_refuses_a_dag_whose_inner_node_rotted_and_drops_that_node(
+    store: BlockStore,
+) -> None:
+    root, blocks = small_tree(os.urandom(300))
+    store.put_many(blocks)
+    with store._env.begin(write=True, db=store._blocks) as txn:  # simulate bit rot
+        txn.put(root.digest, b"rotten")
+    with pytest.raises(StoreError, match=f"block {root} is missing"):
+        store.pin(root, size=300)
+    assert not store.is_pinned(root)
+    assert not store.has(root)  # dropped, so a fetch can store it again
+    store.put_many([b for b in blocks if b.cid == root])
+    assert store.pin(root, size=300).cid == root
 
 
 def test_pin_refuses_an_incomplete_dag(store: BlockStore) -> None:

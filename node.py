@@ -12,6 +12,7 @@ The ``coliving`` console command is :func:`main` (see cli/app.py).
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import math
@@ -29,7 +30,7 @@ import trio
 import trio.lowlevel
 
 from chain.oracle import AllowlistOracle, StakeOracle, WatchingOracle, is_staked_content_node
-from p2p.abc import GossipLike, HostLike, Stream, StreamError, TaskStatus
+from p2p.abc import GossipLike, HostLike, Stream, StreamError, StreamHandler, TaskStatus
 from p2p.gossip import Gossip, GossipConfig, GossipMessage
 from p2p.host import AddressError, DialError, Host, HostConfig, peer_id_bytes, peer_id_from_bytes
 from p2p.keys import NodeKey, PeerId
@@ -37,7 +38,8 @@ from protocols import announce, query
 from protocols import upload as upload_proto
 from protocols.bitswap import Bitswap, BitswapConfig, Fetch
 from protocols.cid import CID
-from protocols.errors import DecodingError, NotFoundError, ProtocolError
+from protocols.conduct import MALFORMED, Conduct
+from protocols.errors import DecodingError, NotFoundError, ProtocolError, TruncatedError
 from protocols.replication import ReplicationConfig, Replicator
 from store.blockstore import BlockStore, Collected, Collection, StoreError
 
@@ -275,14 +277,19 @@ class Node(_Peer):
         self.unstaked_dropped = 0
         self.gossip: GossipLike = gossip
         self.validator = announce.AnnounceValidator(self.oracle)
-        self.bitswap = Bitswap(
-            self.host, self.store, config=config.bitswap, on_bad_peer=self._bad_peer
-        )
+        # what each peer did wrong, on every protocol; a banned peer is refused by all
+        self.conduct = Conduct()
+        self.conduct.on_ban.append(self._banned)
+        if isinstance(self.host, Host):
+            self.host.refuse = self.conduct.__contains__
+        self.bitswap = Bitswap(self.host, self.store, config=config.bitswap, conduct=self.conduct)
         self.replicator = Replicator(
             self,
             ReplicationConfig(replicas=config.replicas, interval=config.repair_interval),
         )
-        self.uploads = upload_proto.UploadService(self.store, self._uploaded)
+        self.uploads = upload_proto.UploadService(
+            self.store, self._uploaded, on_malformed=functools.partial(self._malformed, "upload")
+        )
         self.announcer = announce.Announcer(
             self._publish_announcement,
             self.host.addrs,
@@ -290,7 +297,7 @@ class Node(_Peer):
             interval=config.announce_interval,
             ttl=config.announce_ttl,
         )
-        self.misbehaviour: dict[PeerId, str] = {}
+        self.misbehaviour: dict[PeerId, str] = {}  # why each peer was last banned
         self._dial_failed: dict[PeerId, float] = {}
         self._probed: dict[PeerId, float] = {}
         self.announcements_received = 0
@@ -314,8 +321,8 @@ class Node(_Peer):
                 messages = await self.gossip.subscribe(announce.TOPIC)
                 nursery.start_soon(self._consume_announcements, messages)
                 await nursery.start(self.bitswap.run)
-                self.host.set_handler(upload_proto.PROTOCOL, self.uploads.handle)
-                self.host.set_handler(query.PROTOCOL, self._serve_query)
+                self.host.set_handler(upload_proto.PROTOCOL, self._gated(self.uploads.handle))
+                self.host.set_handler(query.PROTOCOL, self._gated(self._serve_query))
                 await nursery.start(self.announcer.run)
                 nursery.start_soon(self._expire_loop)
                 await self.host.dial_bootstrap()
@@ -367,7 +374,7 @@ class Node(_Peer):
     async def find_providers(self, cid: CID) -> list[PeerId]:
         """Holders of ``cid``: the provider index first, then our peers' answers."""
         found = [peer_id_from_bytes(raw) for raw in self.store.providers(cid)]
-        found = [p for p in found if p != self.peer_id and p not in self.bitswap.banned]
+        found = [p for p in found if p != self.peer_id and p not in self.conduct]
         reachable = []
         for peer in found:
             if self.host.is_connected(peer) or await self._dial_any(
@@ -521,6 +528,7 @@ class Node(_Peer):
             p
             for p in members
             if not self.host.is_connected(p)
+            and p not in self.conduct
             and now - self._dial_failed.get(p, -math.inf) >= DIAL_BACKOFF
         ]
         chosen = rng.sample(candidates, min(need, len(candidates)))
@@ -582,9 +590,23 @@ class Node(_Peer):
         log.info("%s is no longer staked; its provider records are dropped", peer)
         self.replicator.poke()  # ownership moved
 
-    def _bad_peer(self, peer: PeerId, reason: str) -> None:
+    def _banned(self, peer: PeerId, reason: str) -> None:
         self.misbehaviour[peer] = reason
         self.store.expire_providers(peer=peer_id_bytes(peer))
+
+    def _malformed(self, protocol: str, peer: PeerId, reason: str) -> None:
+        self.conduct.offend(peer, protocol, reason, MALFORMED)
+
+    def _gated(self, handler: StreamHandler) -> StreamHandler:
+        """``handler``, for streams from peers not banned: a banned peer's are reset."""
+
+        async def gated(stream: Stream) -> None:
+            if stream.remote_peer in self.conduct:
+                await stream.reset()
+                return
+            await handler(stream)
+
+        return gated
 
     # -- queries ------------------------------------------------------------
 
@@ -602,6 +624,8 @@ class Node(_Peer):
         except DecodingError as exc:
             log.info("bad query from %s: %s", stream.remote_peer, exc)
             await stream.reset()
+            if not isinstance(exc, TruncatedError):
+                self._malformed("query", stream.remote_peer, f"malformed query: {exc}")
 
     async def _answer(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         if op == "providers":

@@ -8,7 +8,7 @@ counters live in :class:`GatewayMetrics`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -30,6 +30,13 @@ def _count(value: Any) -> int:
         return len(value)
     except TypeError:
         return 0
+
+
+def _counted_by(name: str, doc: str, label: str, counts: Mapping[str, int]) -> Metric:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for value, n in sorted(counts.items()):
+        family.add_metric([value], n)
+    return family
 
 
 class NodeCollector:
@@ -54,19 +61,28 @@ class NodeCollector:
             "Peers with an open connection.",
             value=len(node.host.connected_peers()),
         )
+        yield GaugeMetricFamily(
+            "coliving_peers_banned",
+            "Peers banned for misbehaving: their streams are reset, their connections closed.",
+            value=len(node.conduct.bans),
+        )
+        yield _counted_by(
+            "coliving_peer_offences",
+            "Protocol violations by peers (malformed messages, wrong blocks), by protocol.",
+            "protocol",
+            node.conduct.offences,
+        )
         yield CounterMetricFamily(
             "coliving_gossip_accepted",
             "Announcements the validator accepted.",
             value=node.validator.accepted,
         )
-        rejected = CounterMetricFamily(
+        yield _counted_by(
             "coliving_gossip_rejected",
             "Announcements the validator rejected, by reason.",
-            labels=["reason"],
+            "reason",
+            node.validator.rejected,
         )
-        for reason, n in sorted(node.validator.rejected.items()):
-            rejected.add_metric([reason], n)
-        yield rejected
         stats = node.store.stats()
         yield GaugeMetricFamily("coliving_pins", "Pinned root CIDs.", value=stats.pins)
         yield GaugeMetricFamily("coliving_store_blocks", "Blocks stored.", value=stats.blocks)

@@ -788,7 +788,8 @@ class _PipelinedMultiselectClient(MultiselectClient):
 
 class _Departures(INotifee):
     """Tells ``host.on_disconnect`` of a peer whose last connection closed (a
-    connection replaced by another is no departure)."""
+    connection replaced by another is no departure); closes a new connection
+    from a peer ``host.refuse`` names."""
 
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -806,7 +807,10 @@ class _Departures(INotifee):
         pass
 
     async def connected(self, network: Any, conn: Any) -> None:
-        pass
+        peer = PeerId(conn.muxed_conn.peer_id.to_base58())
+        if self.host.refuse(peer):
+            log.info("closing a connection from %s: refused", peer)
+            await conn.close()
 
     async def listen(self, network: Any, multiaddr: Any) -> None:
         pass
@@ -862,6 +866,8 @@ class Host:
         self.ready = trio.Event()
         # called with a peer whose last connection closed: per-peer state can go
         self.on_disconnect: list[Callable[[PeerId], None]] = []
+        # whether to close a peer's new connection at once (a banned peer's)
+        self.refuse: Callable[[PeerId], bool] = _never
         swarm.register_notifee(_Departures(self))
 
     def _delay_inbound_identify(self, seconds: float) -> None:

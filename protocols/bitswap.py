@@ -17,7 +17,7 @@ Blocks go to the store in batches as they arrive; a reader that lags (a
 player, a browser on a slow link) has at most ``buffer_bytes`` of leaves
 kept in memory ahead of it, and reads the rest back from the store.
 A provider that sends a block we did not ask it for is reported as bad,
-disconnected, dropped and banned for a while (:class:`Bans`); one that
+disconnected, dropped and banned for a while (:mod:`protocols.conduct`); one that
 answers DONT_HAVE or stalls loses those CIDs to the others. The fetch fails
 only when no provider is left.
 """
@@ -42,7 +42,8 @@ from p2p.keys import PeerId
 from protocols import bitswap_msg as msg
 from protocols.bitswap_msg import BitswapMessage, Presence, WantEntry, WantType
 from protocols.cid import CID, DAG_PB
-from protocols.errors import DecodingError, NotFoundError
+from protocols.conduct import PROVEN, Conduct
+from protocols.errors import DecodingError, NotFoundError, TruncatedError
 from protocols.unixfs import Block, FileNode, child_at, decode_file_node
 from protocols.wire import FrameReader
 from store.blockstore import BlockStore
@@ -65,8 +66,6 @@ class Network(Protocol):
     on_disconnect: list[Callable[[PeerId], None]]
 
 
-BadPeerHook = Callable[[PeerId, str], None]
-
 # a peer whose wants ran out this long ago is starting afresh: its first reply is one block
 PAUSE = 0.05
 
@@ -85,55 +84,6 @@ class BitswapConfig:
     buffer_bytes: int = 8 << 20
 
 
-class Bans:
-    """Peers banned for misbehaving, each for a while: ``first`` seconds for a
-    first offence, twice as long for each next one, up to ``longest``.
-
-    A ban for good cuts a node off, until it restarts, from a peer that erred
-    once (a corrupt disk) or that a bug of ours misjudged (docs/decisions.md
-    17). A peer that goes on lying loses one verified, discarded block per
-    ban. Offences while banned (the rest of one bad message) add nothing.
-    """
-
-    def __init__(
-        self,
-        first: float = 600.0,
-        longest: float = 86_400.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.first = first
-        self.longest = longest
-        self.clock = clock
-        self.reasons: dict[PeerId, str] = {}  # the current bans
-        self._until: dict[PeerId, float] = {}
-        self._offences: defaultdict[PeerId, int] = defaultdict(int)
-
-    def add(self, peer: PeerId, reason: str) -> None:
-        if peer in self:
-            return
-        length = min(self.first * 2 ** self._offences[peer], self.longest)
-        self._offences[peer] += 1
-        self._until[peer] = self.clock() + length
-        self.reasons[peer] = reason
-
-    def __contains__(self, peer: object) -> bool:
-        if not isinstance(peer, str):
-            return False
-        banned = PeerId(peer)
-        until = self._until.get(banned)
-        if until is None:
-            return False
-        if self.clock() < until:
-            return True
-        del self._until[banned], self.reasons[banned]
-        return False
-
-    def until(self, peer: PeerId) -> float | None:
-        """When ``peer``'s ban ends (on ``clock``), if it is banned."""
-        return self._until.get(peer) if peer in self else None
-
-
-@dataclass
 class BitswapStats:
     blocks_served: int = 0
     bytes_served: int = 0
@@ -163,13 +113,15 @@ class Bitswap:
         store: BlockStore,
         *,
         config: BitswapConfig | None = None,
-        on_bad_peer: BadPeerHook | None = None,
+        conduct: Conduct | None = None,
     ) -> None:
         self.network = network
         self.store = store
         self.config = config or BitswapConfig()
         self.stats = BitswapStats()
-        self._on_bad_peer = on_bad_peer
+        # shared with the node's other protocols: a peer banned by one is refused by all
+        self.conduct = conduct if conduct is not None else Conduct()
+        self.conduct.on_ban.append(self._banned)
         self._ledgers: dict[PeerId, _Ledger] = {}
         self._outbound: dict[PeerId, Stream] = {}
         self._send_locks: defaultdict[PeerId, trio.Lock] = defaultdict(trio.Lock)
@@ -182,7 +134,7 @@ class Bitswap:
         # path below it may still come (see _late)
         self._late_path: dict[PeerId, tuple[bytes, int]] = {}
         self._nursery: trio.Nursery | None = None
-        self.banned = Bans()
+        self.banned = self.conduct.bans
         # peers that refused an optimistic open: their streams are negotiated
         self._negotiate_with: set[PeerId] = set()
 
@@ -239,6 +191,8 @@ class Bitswap:
                 if payload is None:
                     break
                 await self._on_message(peer, msg.decode(payload))
+        except TruncatedError:
+            await stream.reset()  # the peer went away mid-message: no offence
         except DecodingError as exc:
             self.report_bad_peer(peer, f"malformed bitswap message: {exc}")
             await stream.reset()
@@ -460,12 +414,12 @@ class Bitswap:
             cancelled.popitem(last=False)
 
     def report_bad_peer(self, peer: PeerId, reason: str) -> None:
-        log.warning("peer %s misbehaved: %s", peer, reason)
-        self.banned.add(peer, reason)
+        """``peer`` sent what no honest peer sends: it is banned."""
+        self.conduct.offend(peer, "bitswap", reason, PROVEN)
+
+    def _banned(self, peer: PeerId, reason: str) -> None:
         for fetch in list(self._fetches):
             fetch.drop_peer(peer, reason)
-        if self._on_bad_peer is not None:
-            self._on_bad_peer(peer, reason)
         if self._nursery is not None:
             self._nursery.start_soon(self._disconnect, peer)
 

@@ -11,6 +11,11 @@ class DecodingError(ValueError):
     """
 
 
+class TruncatedError(DecodingError):
+    """The stream ended inside a message. No offence: a peer that crashed, or
+    whose network went, looks the same on the wire as one that stopped writing."""
+
+
 class ProtocolError(Exception):
     """A peer broke the protocol in a way that is not a decoding problem."""
 

@@ -12,6 +12,10 @@ at most MAX_REQUEST / MAX_RESPONSE bytes, carrying a message id::
         -> {"id": int, "ok": true} once the asked node holds and pinned the CID
            (only staked content nodes may ask, and only an owner of the CID obeys)
     any error                   -> {"id": int, "error": str}
+
+An op this node does not know (a client newer than the node) gets an error
+reply naming the ops it does; a request that does not parse gets the stream
+reset, and counts against the peer (protocols.conduct).
 """
 
 from __future__ import annotations
@@ -38,6 +42,14 @@ Answer = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 REPLY_TIMEOUT: Final = 10.0
 
 
+class UnknownOpError(DecodingError):
+    """A well-formed query for an op this node does not answer."""
+
+    def __init__(self, msg_id: int, op: object) -> None:
+        super().__init__(f"unknown query op {op!r} (this node answers {', '.join(OPS)})")
+        self.msg_id = msg_id
+
+
 def decode_request(data: bytes) -> tuple[int, str, dict[str, Any]]:
     if len(data) > MAX_REQUEST:
         raise DecodingError(f"query over {MAX_REQUEST} bytes")
@@ -48,7 +60,7 @@ def decode_request(data: bytes) -> tuple[int, str, dict[str, Any]]:
     if not isinstance(msg_id, int) or isinstance(msg_id, bool) or not 0 <= msg_id < 2**63:
         raise DecodingError("query id must be a non-negative integer")
     if op not in OPS:
-        raise DecodingError(f"unknown query op {op!r}")
+        raise UnknownOpError(msg_id, op)
     args: dict[str, Any] = {}
     if op in ("providers", "replicate"):
         raw = obj.get("cid")
@@ -67,11 +79,16 @@ async def serve(stream: Stream, answer: Answer) -> None:
     if data is None:  # a liveness probe opens a stream and asks nothing: no offence
         await stream.close()
         return
-    msg_id, op, args = decode_request(data)
+    reply: dict[str, Any]
     try:
-        reply = await answer(op, args)
-    except Exception as exc:
-        reply = {"error": f"{type(exc).__name__}: {exc}"}
+        msg_id, op, args = decode_request(data)
+    except UnknownOpError as exc:
+        msg_id, reply = exc.msg_id, {"error": str(exc)}
+    else:
+        try:
+            reply = await answer(op, args)
+        except Exception as exc:
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
     reply["id"] = msg_id
     await write_frame(stream, cbor2.dumps(reply))
     await stream.close()

@@ -24,8 +24,9 @@ from typing import Any, Final
 import cbor2
 
 from p2p.abc import Stream, StreamError
+from p2p.keys import PeerId
 from protocols.cid import CID
-from protocols.errors import DecodingError
+from protocols.errors import DecodingError, TruncatedError
 from protocols.unixfs import Block, FileImporter
 from protocols.wire import FrameReader, cbor_exact, write_frame
 from store.blockstore import BlockStore, StoreError
@@ -71,10 +72,16 @@ class UploadService:
     """Node side of the upload protocol."""
 
     def __init__(
-        self, store: BlockStore, on_pinned: Callable[[CID], Awaitable[int | None]]
+        self,
+        store: BlockStore,
+        on_pinned: Callable[[CID], Awaitable[int | None]],
+        *,
+        on_malformed: Callable[[PeerId, str], None] | None = None,
     ) -> None:
         self.store = store
         self.on_pinned = on_pinned
+        # told of an upload that broke the protocol (not of one cut short)
+        self.on_malformed = on_malformed
         self.completed = 0
         self.failed = 0
 
@@ -85,7 +92,7 @@ class UploadService:
         try:
             header = await reader.read_frame(MAX_HEADER)
             if header is None:
-                raise DecodingError("stream ended before the upload header")
+                raise TruncatedError("stream ended before the upload header")
             name, declared = decode_header(header)
             session = self.store.begin_session(f"upload {name!r} from {stream.remote_peer}")
             importer = FileImporter()
@@ -94,7 +101,7 @@ class UploadService:
             while True:
                 chunk = await reader.read_frame(MAX_DATA_FRAME)
                 if chunk is None:
-                    raise DecodingError("stream ended before the end-of-file frame")
+                    raise TruncatedError("stream ended before the end-of-file frame")
                 if not chunk:
                     break
                 if declared is not None and importer.size + len(chunk) > declared:
@@ -121,6 +128,9 @@ class UploadService:
         except (DecodingError, StoreError) as exc:
             self.failed += 1
             log.info("upload from %s refused: %s", stream.remote_peer, exc)
+            malformed = isinstance(exc, DecodingError) and not isinstance(exc, TruncatedError)
+            if malformed and self.on_malformed is not None:
+                self.on_malformed(stream.remote_peer, f"malformed upload: {exc}")
             try:
                 await write_frame(stream, cbor2.dumps({"ok": False, "error": str(exc)}))
                 await stream.close()

@@ -13,7 +13,7 @@ import cbor2
 
 from p2p.abc import Stream, StreamError
 from protocols.cid import encode_uvarint
-from protocols.errors import DecodingError
+from protocols.errors import DecodingError, TruncatedError
 
 READ_CHUNK = 1 << 20
 
@@ -70,7 +70,7 @@ class FrameReader:
             if not await self._fill(1):
                 if i == 0:
                     return None
-                raise DecodingError("stream ended inside a length prefix")
+                raise TruncatedError("stream ended inside a length prefix")
             byte = self._buf[self._pos]
             self._pos += 1
             length |= (byte & 0x7F) << shift
@@ -82,7 +82,7 @@ class FrameReader:
         if length > max_size:
             raise DecodingError(f"frame of {length} bytes exceeds the {max_size} byte limit")
         if not await self._fill(length):
-            raise DecodingError(f"stream ended inside a {length} byte frame")
+            raise TruncatedError(f"stream ended inside a {length} byte frame")
         return self._take(length)
 
     def _take(self, n: int) -> bytes:
@@ -96,7 +96,7 @@ class FrameReader:
 
     async def read_exact(self, n: int) -> bytes:
         if not await self._fill(n):
-            raise DecodingError(f"stream ended {n} bytes short")
+            raise TruncatedError(f"stream ended {n} bytes short")
         return self._take(n)
 
 
@@ -104,7 +104,7 @@ async def write_frame(stream: Stream, payload: bytes) -> None:
     await stream.write(frame(payload))
 
 
-__all__ = ["DecodingError", "FrameReader", "StreamError", "frame", "write_frame"]
+__all__ = ["DecodingError", "FrameReader", "StreamError", "TruncatedError", "frame", "write_frame"]
 
 
 def cbor_exact(data: bytes, what: str) -> Any:

@@ -27,6 +27,7 @@ import cbor2
 import pytest
 import trio
 
+from gateway.metrics import NodeCollector
 from node import Client, Node
 from p2p.abc import Stream, StreamError, StreamHandler
 from p2p.gossip import Gossip
@@ -36,6 +37,8 @@ from protocols import announce, query, upload
 from protocols import bitswap_msg as msg
 from protocols.bitswap_msg import BitswapMessage, WantEntry
 from protocols.cid import CID, RAW, decode_uvarint, encode_uvarint
+from protocols.conduct import MALFORMED
+from protocols.errors import ProtocolError
 from protocols.unixfs import Block, import_bytes
 from protocols.wire import FrameReader, frame
 from simnet.local import start_nodes
@@ -113,8 +116,8 @@ async def scene(tmp_path: Path, *, gossip: bool = False) -> AsyncIterator[Scene]
         for proto in msg.PROTOCOLS:
             handler = functools.partial(alice.bitswap._handle_stream, proto)
             alice.host.set_handler(proto, s.bitswap.wrap(handler))
-        alice.host.set_handler(upload.PROTOCOL, s.uploads.wrap(alice.uploads.handle))
-        alice.host.set_handler(query.PROTOCOL, s.queries.wrap(alice._serve_query))
+        alice.host.set_handler(upload.PROTOCOL, s.uploads.wrap(alice._gated(alice.uploads.handle)))
+        alice.host.set_handler(query.PROTOCOL, s.queries.wrap(alice._gated(alice._serve_query)))
         with trio.fail_after(WAIT):
             await mallory.connect(alice.host.addrs()[0])
         yield s
@@ -156,6 +159,18 @@ async def assert_still_serves(alice: Node, root: CID) -> None:
         nursery.cancel_scope.cancel()
 
 
+async def assert_refused(s: Scene, asks: dict[str, bytes]) -> None:
+    """Mallory, banned, comes back and asks again on each protocol: her new
+    connection is closed, or her stream reset, without a word from alice."""
+    for protocol, ask in asks.items():
+        with trio.fail_after(WAIT):
+            with contextlib.suppress(StreamError, DialError):
+                await s.mallory.connect(s.alice.host.addrs()[0])
+                again = await s.open(protocol)
+                await send_quietly(again, ask, "open")
+                assert await drain(again) == b""
+
+
 def store_snapshot(store: BlockStore) -> tuple[int, set[CID], list[str]]:
     return store.stats().blocks, {p.cid for p in store.pins()}, store.open_sessions()
 
@@ -167,22 +182,29 @@ def _want_frame(root: CID) -> bytes:
     return frame(msg.encode(BitswapMessage(wants=(WantEntry(root),))))
 
 
-BITSWAP_CASES: dict[str, tuple[Callable[[CID], bytes], str]] = {
-    "garbage": (lambda root: os.urandom(64) + b"\xff" * 11, "half"),
-    "garbage in a frame": (lambda root: frame(b"\x0a\x05\xff\xff\xff\xff\xff"), "open"),
-    "truncated frame": (lambda root: _want_frame(root)[:-7], "half"),
+# Garbage starts with a length prefix too long to be one, so that it is always
+# malformed: random bytes could announce a frame longer than what follows, and
+# a frame the stream ends inside is no offence (the peer may have crashed).
+GARBAGE = b"\xff" * 11
+
+BITSWAP_CASES: dict[str, tuple[Callable[[CID], bytes], str, bool]] = {
+    # name: (bytes, how the stream ends, whether it is an offence)
+    "garbage": (lambda root: GARBAGE + os.urandom(64), "half", True),
+    "garbage in a frame": (lambda root: frame(b"\x0a\x05\xff\xff\xff\xff\xff"), "open", True),
+    "truncated frame": (lambda root: _want_frame(root)[:-7], "half", False),
     "oversized length prefix": (
         lambda root: encode_uvarint(msg.MAX_MESSAGE + 1) + os.urandom(100),
         "open",
+        True,
     ),
-    "valid frame then garbage": (lambda root: _want_frame(root) + frame(b"\xff" * 9), "open"),
-    "closed mid-frame": (lambda root: _want_frame(root)[:5], "close"),
+    "valid frame then garbage": (lambda root: _want_frame(root) + frame(b"\xff" * 9), "open", True),
+    "closed mid-frame": (lambda root: _want_frame(root)[:5], "close", False),
 }
 
 
 @pytest.mark.parametrize("case", list(BITSWAP_CASES))
 async def test_bitswap_bad_input(tmp_path: Path, case: str) -> None:
-    make, end = BITSWAP_CASES[case]
+    make, end, offence = BITSWAP_CASES[case]
     async with scene(tmp_path) as s:
         before = store_snapshot(s.alice.store)
         stream = await s.open(msg.PROTOCOL_120)
@@ -192,10 +214,34 @@ async def test_bitswap_bad_input(tmp_path: Path, case: str) -> None:
                 await drain(stream)  # alice resets it
             await s.bitswap.wait_finished(1)
         assert s.bitswap.only_stream_errors()
-        assert s.mallory.peer_id in s.alice.misbehaviour
-        assert s.mallory.peer_id in s.alice.bitswap.banned
+        # Malformed Bitswap is a ban at once; a message cut short is nothing.
+        assert (s.mallory.peer_id in s.alice.misbehaviour) == offence
+        assert (s.mallory.peer_id in s.alice.bitswap.banned) == offence
+        assert (s.mallory.peer_id in s.alice.conduct) == offence
+        assert s.alice.conduct.offences["bitswap"] == offence
         assert store_snapshot(s.alice.store) == before
         await assert_still_serves(s.alice, s.root)
+
+
+async def test_a_provider_that_vanishes_mid_message_is_not_banned(tmp_path: Path) -> None:
+    """A provider whose connection is lost inside a message (it crashed, its
+    network went) ends the stream just as one that stops writing: alice drops
+    the message and holds nothing against it. She banned such a peer before."""
+    async with scene(tmp_path) as s:
+        stream = await s.open(msg.PROTOCOL_120)
+        with trio.fail_after(WAIT):
+            await send_quietly(stream, _want_frame(s.root)[:-7], "open")
+            await s.mallory.disconnect(s.alice.peer_id)
+            await s.bitswap.wait_finished(1)
+        assert s.mallory.peer_id not in s.alice.conduct
+        assert s.alice.conduct.points(s.mallory.peer_id) == 0
+        assert not s.alice.misbehaviour
+        with trio.fail_after(WAIT):  # and she takes it back at once
+            await s.mallory.connect(s.alice.host.addrs()[0])
+            again = await s.open(query.PROTOCOL)
+            await send_quietly(again, PEERS_QUERY, "half")
+            (reply,) = parse_frames(await drain(again))
+        assert cbor2.loads(reply)["id"] == 7
 
 
 async def test_bitswap_unsolicited_block_is_not_stored(tmp_path: Path) -> None:
@@ -210,13 +256,10 @@ async def test_bitswap_unsolicited_block_is_not_stored(tmp_path: Path) -> None:
         assert s.bitswap.only_stream_errors()
         assert "nobody asked" in s.alice.misbehaviour[s.mallory.peer_id]
         assert not s.alice.store.has(block.cid)
-        # A banned peer's next stream is reset at once.
-        with trio.fail_after(WAIT):
-            with contextlib.suppress(StreamError):
-                await s.mallory.connect(s.alice.host.addrs()[0])
-                again = await s.open(msg.PROTOCOL_120)
-                await send_quietly(again, _want_frame(s.root), "open")
-                assert await drain(again) == b""
+        # A banned peer's next stream is reset at once, on every protocol.
+        await assert_refused(
+            s, {msg.PROTOCOL_120: _want_frame(s.root), query.PROTOCOL: PEERS_QUERY}
+        )
         await assert_still_serves(s.alice, s.root)
 
 
@@ -230,25 +273,31 @@ def _big_frames() -> bytes:
     return b"".join(frame(BIG[i : i + (1 << 20)]) for i in range(0, len(BIG), 1 << 20))
 
 
-UPLOAD_CASES: dict[str, tuple[Callable[[], bytes], str]] = {
-    "garbage": (lambda: os.urandom(40) + b"\xff" * 11, "half"),
-    "garbage header": (lambda: frame(b"\xa1\x61x\xff not a header"), "open"),
-    "truncated frame": (lambda: HEADER + frame(b"x" * 5000)[:-100], "half"),
-    "no end-of-file frame": (lambda: HEADER + frame(b"x" * 5000), "half"),
-    "oversized header prefix": (lambda: encode_uvarint(upload.MAX_HEADER + 1), "open"),
-    "oversized data prefix": (lambda: HEADER + encode_uvarint(upload.MAX_DATA_FRAME + 1), "open"),
-    "valid frames then garbage": (lambda: HEADER + _big_frames() + b"\xff" * 11, "open"),
+UPLOAD_CASES: dict[str, tuple[Callable[[], bytes], str, bool]] = {
+    # name: (bytes, how the stream ends, whether it is an offence)
+    "garbage": (lambda: GARBAGE + os.urandom(40), "half", True),
+    "garbage header": (lambda: frame(b"\xa1\x61x\xff not a header"), "open", True),
+    "truncated frame": (lambda: HEADER + frame(b"x" * 5000)[:-100], "half", False),
+    "no end-of-file frame": (lambda: HEADER + frame(b"x" * 5000), "half", False),
+    "oversized header prefix": (lambda: encode_uvarint(upload.MAX_HEADER + 1), "open", True),
+    "oversized data prefix": (
+        lambda: HEADER + encode_uvarint(upload.MAX_DATA_FRAME + 1),
+        "open",
+        True,
+    ),
+    "valid frames then garbage": (lambda: HEADER + _big_frames() + GARBAGE, "open", True),
     "more than declared": (
         lambda: frame(cbor2.dumps({"name": "", "size": 10})) + frame(b"y" * 11) + frame(b""),
         "open",
+        True,
     ),
-    "closed mid-frame": (lambda: HEADER + _big_frames() + frame(b"z" * 5000)[:99], "close"),
+    "closed mid-frame": (lambda: HEADER + _big_frames() + frame(b"z" * 5000)[:99], "close", False),
 }
 
 
 @pytest.mark.parametrize("case", list(UPLOAD_CASES))
 async def test_upload_bad_input(tmp_path: Path, case: str) -> None:
-    make, end = UPLOAD_CASES[case]
+    make, end, offence = UPLOAD_CASES[case]
     async with scene(tmp_path) as s:
         before = store_snapshot(s.alice.store)
         stream = await s.open(upload.PROTOCOL)
@@ -264,6 +313,11 @@ async def test_upload_bad_input(tmp_path: Path, case: str) -> None:
         # Nothing pinned, nothing left behind, no session left open.
         assert store_snapshot(s.alice.store) == before
         assert s.alice.uploads.completed == 0 and s.alice.uploads.failed == 1
+        # one malformed upload is part of a ban; one cut short is nothing
+        assert s.alice.conduct.points(s.mallory.peer_id) == pytest.approx(
+            MALFORMED if offence else 0, rel=0.01
+        )
+        assert s.mallory.peer_id not in s.alice.conduct
         await assert_still_serves(s.alice, s.root)
 
 
@@ -279,21 +333,27 @@ async def read_replies(stream: Stream) -> list[dict[str, object]]:
 # -- query ----------------------------------------------------------------------------
 
 PEERS_QUERY = frame(cbor2.dumps({"id": 7, "op": "peers"}))
-QUERY_CASES: dict[str, tuple[bytes, str, bool]] = {
-    # name: (bytes, how the stream ends, whether a reply to id 7 comes back)
-    "garbage": (os.urandom(30) + b"\xff" * 11, "half", False),
-    "garbage in a frame": (frame(b"\xff\x00 not cbor"), "open", False),
-    "unknown op": (frame(cbor2.dumps({"id": 1, "op": "rm -rf"})), "open", False),
-    "truncated frame": (PEERS_QUERY[:-3], "half", False),
-    "oversized length prefix": (encode_uvarint(query.MAX_REQUEST + 1) + b"x" * 64, "open", False),
-    "valid frame then garbage": (PEERS_QUERY + os.urandom(200), "open", True),
-    "closed mid-frame": (PEERS_QUERY[:4], "close", False),
+QUERY_CASES: dict[str, tuple[bytes, str, bool, bool]] = {
+    # name: (bytes, how the stream ends, whether a reply to id 7 comes back,
+    #        whether it is an offence)
+    "garbage": (GARBAGE + os.urandom(30), "half", False, True),
+    "garbage in a frame": (frame(b"\xff\x00 not cbor"), "open", False, True),
+    "unknown op": (frame(cbor2.dumps({"id": 7, "op": "rm -rf"})), "open", True, False),
+    "truncated frame": (PEERS_QUERY[:-3], "half", False, False),
+    "oversized length prefix": (
+        encode_uvarint(query.MAX_REQUEST + 1) + b"x" * 64,
+        "open",
+        False,
+        True,
+    ),
+    "valid frame then garbage": (PEERS_QUERY + os.urandom(200), "open", True, False),
+    "closed mid-frame": (PEERS_QUERY[:4], "close", False, False),
 }
 
 
 @pytest.mark.parametrize("case", list(QUERY_CASES))
 async def test_query_bad_input(tmp_path: Path, case: str) -> None:
-    data, end, answered = QUERY_CASES[case]
+    data, end, answered, offence = QUERY_CASES[case]
     async with scene(tmp_path) as s:
         stream = await s.open(query.PROTOCOL)
         with trio.fail_after(WAIT):
@@ -306,6 +366,50 @@ async def test_query_bad_input(tmp_path: Path, case: str) -> None:
             assert cbor2.loads(payload)["id"] == 7
         else:
             assert reply == b""  # reset without a word
+        assert s.alice.conduct.points(s.mallory.peer_id) == pytest.approx(
+            MALFORMED if offence else 0, rel=0.01
+        )
+        await assert_still_serves(s.alice, s.root)
+
+
+async def test_an_unknown_query_op_gets_an_error_naming_the_ops(tmp_path: Path) -> None:
+    """A client newer than the node asks for an op it lacks: a clear error, not a reset."""
+    async with scene(tmp_path) as s:
+        stream = await s.open(query.PROTOCOL)
+        with trio.fail_after(WAIT), pytest.raises(ProtocolError) as refused:
+            await query.ask(stream, "rm -rf")
+        assert "unknown query op 'rm -rf'" in str(refused.value)
+        assert "providers, peers, info, replicate" in str(refused.value)
+
+
+async def test_malformed_queries_add_up_to_a_ban_on_every_protocol(tmp_path: Path) -> None:
+    """Three malformed queries are forgiven (each is reset); the fourth bans
+    Mallory: alice drops her connection, closes the next one she makes, and
+    resets her streams on every protocol; /metrics counts it."""
+    async with scene(tmp_path) as s:
+        gone = trio.Event()
+        s.alice.host.on_disconnect.append(lambda peer: gone.set())
+        for n in range(1, 5):
+            stream = await s.open(query.PROTOCOL)
+            with trio.fail_after(WAIT):
+                await send_quietly(stream, frame(b"\xff\x00 not cbor"), "open")
+                assert await drain(stream) == b""
+                await s.queries.wait_finished(n)
+            if n < 4:
+                assert s.mallory.peer_id not in s.alice.conduct
+                assert s.alice.conduct.points(s.mallory.peer_id) == pytest.approx(
+                    n * MALFORMED, rel=0.01
+                )
+        assert s.mallory.peer_id in s.alice.conduct
+        assert "malformed query" in s.alice.misbehaviour[s.mallory.peer_id]
+        with trio.fail_after(WAIT):
+            await gone.wait()
+        metrics = {m.name: m for m in NodeCollector(s.alice).collect()}
+        assert metrics["coliving_peers_banned"].samples[0].value == 1
+        (offences,) = metrics["coliving_peer_offences"].samples
+        assert offences.labels == {"protocol": "query"} and offences.value == 4
+        await assert_refused(s, {query.PROTOCOL: PEERS_QUERY, upload.PROTOCOL: HEADER})
+        assert s.alice.uploads.completed == s.alice.uploads.failed == 0
         await assert_still_serves(s.alice, s.root)
 
 

@@ -461,6 +461,7 @@ async def test_metrics_count_a_fetch(tmp_path: Path) -> None:
         assert metric(after, "coliving_gateway_first_byte_seconds_count") == 1
         for name in (
             "coliving_gossip_accepted_total",
+            "coliving_peers_banned",
             "coliving_pins",
             "coliving_repair_queue",
             "coliving_store_unpinned_bytes",

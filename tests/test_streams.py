@@ -18,7 +18,7 @@ from p2p.abc import Stream, StreamRefused
 from p2p.host import INBOUND_WINDOW, DialError, Host, HostConfig, peer_id_of_key
 from p2p.keys import NodeKey, PeerId
 from protocols import bitswap_msg as msg
-from protocols.bitswap import Bans, BitswapConfig, Fetch
+from protocols.bitswap import BitswapConfig, Fetch
 from protocols.bitswap_msg import BitswapMessage
 from protocols.cid import CID, DAG_PB, RAW
 from protocols.unixfs import Block, FileImporter, decode_file_node
@@ -701,19 +701,3 @@ async def test_a_fetch_moves_to_its_other_providers_when_one_disconnects(
         assert b"".join(got) == DEEP
         assert fetch.dropped == {providers[0]: "disconnected"}
         nursery.cancel_scope.cancel()
-
-
-def test_a_ban_ends_and_the_next_one_lasts_twice_as_long() -> None:
-    now = [0.0]
-    bans = Bans(first=600, longest=1000, clock=lambda: now[0])
-    peer = PeerId("12D3KooWBannedForAWhilePeer")
-    bans.add(peer, "sent junk")
-    bans.add(peer, "more junk, in the same message")  # no second offence while banned
-    assert peer in bans and bans.reasons == {peer: "sent junk"} and bans.until(peer) == 600
-    now[0] = 599.9
-    assert peer in bans
-    now[0] = 600
-    assert peer not in bans and bans.reasons == {} and bans.until(peer) is None
-    bans.add(peer, "junk again")
-    assert bans.until(peer) == 600 + 1000  # twice as long, up to the longest
-    assert PeerId("12D3KooWSomeoneElse") not in bans and 7 not in bans

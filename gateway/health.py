@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from node import Node
 
 ALGORITHM = "secp256k1-ecdsa-sha256-der"
+MAX_BANS_SHOWN = 32
 
 
 def canonical(body: dict[str, Any]) -> bytes:
@@ -77,6 +78,11 @@ async def health_body(node: Node) -> dict[str, Any]:
             "cache_bytes": node.config.cache_bytes,
         },
         "peers": len(node.host.connected_peers()),
+        # peers whose streams and connections the node refuses, and why (docs/decisions.md 22)
+        "banned": [
+            {"peer": peer, "reason": reason, "seconds_left": round(left)}
+            for peer, reason, left in node.conduct.bans.current()[:MAX_BANS_SHOWN]
+        ],
         # None until the node's repair loop has run (or on a node without one)
         "last_repair": _plain(getattr(repair, "last_round", None)),
         "replication_backlog": _plain(getattr(repair, "backlog", None)),

@@ -88,7 +88,13 @@ class Bans:
         return False
 
     def __len__(self) -> int:
-        return sum(1 for peer in list(self._until) if peer in self)
+        return len(self.current())
+
+    def current(self) -> list[tuple[PeerId, str, float]]:
+        """The bans in force: each peer, why, and the seconds left, soonest first."""
+        now = self.clock()
+        left = [(p, self.reasons[p], u - now) for p, u in list(self._until.items()) if p in self]
+        return sorted(left, key=lambda ban: ban[2])
 
     def until(self, peer: PeerId) -> float | None:
         """When ``peer``'s ban ends (on ``clock``), if it is banned."""

@@ -27,6 +27,7 @@ import cbor2
 import pytest
 import trio
 
+from gateway.health import health_body
 from gateway.metrics import NodeCollector
 from node import Client, Node
 from p2p.abc import Stream, StreamError, StreamHandler
@@ -404,6 +405,9 @@ async def test_malformed_queries_add_up_to_a_ban_on_every_protocol(tmp_path: Pat
         assert "malformed query" in s.alice.misbehaviour[s.mallory.peer_id]
         with trio.fail_after(WAIT):
             await gone.wait()
+        (ban,) = (await health_body(s.alice))["banned"]
+        assert ban["peer"] == s.mallory.peer_id and "malformed query" in ban["reason"]
+        assert 0 < ban["seconds_left"] <= s.alice.conduct.bans.first
         metrics = {m.name: m for m in NodeCollector(s.alice).collect()}
         assert metrics["coliving_peers_banned"].samples[0].value == 1
         (offences,) = metrics["coliving_peer_offences"].samples

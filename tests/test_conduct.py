@@ -100,4 +100,4 @@ def test_a_ban_ends_and_the_next_one_lasts_twice_as_long() -> None:
     bans.add(peer, "junk again")
     assert bans.until(peer) == 600 + 1000  # twice as long, up to the longest
     assert PeerId("12D3KooWSomeoneElse") not in bans and 7 not in bans
-    assert len(bans) == 1
+    assert len(bans) == 1 and bans.current() == [(peer, "junk again", 1000)]

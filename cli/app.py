@@ -38,7 +38,7 @@ from p2p.keys import KeyFileError, NodeKey
 from protocols.cid import CID
 from protocols.errors import DecodingError, NotFoundError, ProtocolError
 from protocols.upload import Uploaded, UploadError
-from store.blockstore import StoreError
+from store.blockstore import BlockStore, StoreError
 
 app = typer.Typer(
     help="Coliving: a community-owned music network on libp2p. "
@@ -73,7 +73,9 @@ USER_ERRORS = (
 
 DataDir = Annotated[
     Path | None,
-    typer.Option("--data-dir", "-d", help="Node data directory [env COLIVING_HOME, ~/.coliving]"),
+    typer.Option(
+        "--data-dir", "-d", help="Node data directory (env COLIVING_HOME, else ~/.coliving)."
+    ),
 ]
 NodeAddr = Annotated[
     str | None,
@@ -81,7 +83,7 @@ NodeAddr = Annotated[
         "--node",
         "-n",
         help="Multiaddr of a node, with /p2p/<peer id> "
-        "[env COLIVING_NODE, else the address in <data dir>/node.addr]",
+        "(env COLIVING_NODE, else the address in <data dir>/node.addr).",
     ),
 ]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail to stderr.")]
@@ -293,6 +295,43 @@ def node_run(
                 (path / "node.addr").unlink(missing_ok=True)
 
     run_async(main)
+
+
+@node_app.command("compact")
+def node_compact(
+    data_dir: DataDir = None,
+    collect: Annotated[
+        bool,
+        typer.Option(
+            "--collect",
+            help="First remove every block no pin reaches (the cache of streamed files).",
+        ),
+    ] = False,
+) -> None:
+    """Shrink a stopped node's store file to the data it holds.
+
+    The store reuses the space that collections and unpins free, but its file
+    never shrinks; this rewrites it without the free pages. Stop the node
+    first. It needs free disk for the data kept; a crash midway leaves the old
+    store, whole.
+    """
+    store = data_dir_of(data_dir) / "store"
+    if not (store / "data.mdb").exists():
+        err.print(f"[red]error:[/red] no store in {store} (is --data-dir right?)")
+        raise typer.Exit(1)
+    err.print(f"compacting {store} ...")
+    try:
+        done = BlockStore.compact(store, collect=collect)
+    except StoreError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    if collect:
+        typer.echo(f"removed {done.removed_blocks} blocks no pin reaches")
+    mib = 1 << 20
+    typer.echo(
+        f"store: {done.before_bytes / mib:.1f} MiB -> {done.after_bytes / mib:.1f} MiB "
+        f"({(done.before_bytes - done.after_bytes) / mib:.1f} MiB freed)"
+    )
 
 
 async def _check_chain(node: Node) -> None:

@@ -61,14 +61,14 @@ chain_app = typer.Typer(
 
 Rpc = Annotated[
     str,
-    typer.Option("--rpc", envvar="COLIVING_RPC", help="Ethereum JSON-RPC URL [env COLIVING_RPC]"),
+    typer.Option("--rpc", envvar="COLIVING_RPC", help="Ethereum JSON-RPC URL."),
 ]
 DeploymentFile = Annotated[
     Path | None,
     typer.Option(
         "--deployment",
         envvar="COLIVING_DEPLOYMENT",
-        help="Deployment JSON (contract addresses) [env COLIVING_DEPLOYMENT]",
+        help="Deployment JSON (contract addresses).",
         dir_okay=False,
     ),
 ]
@@ -76,21 +76,23 @@ Keystore = Annotated[
     Path | None,
     typer.Option(
         "--keystore",
-        help="Owner wallet keystore JSON [else env COLIVING_OPERATOR_KEY, a hex key]",
+        help="Owner wallet keystore JSON (else env COLIVING_OPERATOR_KEY, a hex key).",
         dir_okay=False,
     ),
 ]
 DataDir = Annotated[
     Path | None,
     typer.Option(
-        "--data-dir", "-d", help="Node data directory, for its key [env COLIVING_HOME, ~/.coliving]"
+        "--data-dir",
+        "-d",
+        help="Node data directory, for its key (env COLIVING_HOME, else ~/.coliving).",
     ),
 ]
 Delegate = Annotated[
     str | None,
     typer.Option(
         "--delegate",
-        help="The node's delegate address [default: the address of <data dir>/node.key]",
+        help="The node's delegate address (default: the address of <data dir>/node.key).",
     ),
 ]
 ChainId = Annotated[
@@ -98,7 +100,7 @@ ChainId = Annotated[
     typer.Option(
         "--chain-id",
         envvar="COLIVING_CHAIN_ID",
-        help="Refuse any other chain [env COLIVING_CHAIN_ID]",
+        help="Refuse any other chain.",
     ),
 ]
 DEFAULT_RPC = "http://127.0.0.1:8545"

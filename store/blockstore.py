@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -75,6 +76,16 @@ class StoreStats:
     pins: int
     provider_records: int
     bytes_used: int
+
+
+@dataclass(frozen=True, slots=True)
+class Compacted:
+    """What :meth:`BlockStore.compact` did: the file's size before and after,
+    and the blocks a ``collect`` removed first."""
+
+    before_bytes: int
+    after_bytes: int
+    removed_blocks: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +159,56 @@ class BlockStore:
             store.close()
             raise StoreError(f"store in {path} is corrupt: {exc}") from None
         return store
+
+    @classmethod
+    def compact(cls, path: Path, *, collect: bool = False) -> Compacted:
+        """Rewrite the store in ``path`` without its free pages: LMDB reuses
+        the pages that collections and unpins free, but its file never shrinks.
+
+        The node must be stopped (the store's lock is taken, as by a node). With
+        ``collect``, every block no pin reaches goes first (the cache with the
+        rest). The copy is written beside the file and renamed over it, so a
+        crash leaves the old store or the new one, whole. It needs free disk
+        for the live pages; short of that, a StoreError says so before anything
+        is written.
+        """
+        store = cls.open(path)
+        try:
+            removed = Collection(store).run().removed_blocks if collect else 0
+            data = path / "data.mdb"
+            before = data.stat().st_size
+            live = store._live_pages() * store._env.stat()["psize"]
+            free = shutil.disk_usage(path).free
+            if live > free:
+                raise StoreError(
+                    f"compacting {path} needs {live} bytes free for its copy; {free} are"
+                )
+            scratch = path / "compact.tmp"
+            shutil.rmtree(scratch, ignore_errors=True)  # left by a crash during a compaction
+            scratch.mkdir()
+            try:
+                store._env.copy(str(scratch), compact=True)
+                store._env.close()
+                _fsync(scratch / "data.mdb")
+                os.replace(scratch / "data.mdb", data)
+                # LMDB's reader table: it belonged to the old file; the next open makes a new one
+                (path / "lock.mdb").unlink(missing_ok=True)
+                _fsync(path)
+            except lmdb.Error as exc:
+                raise StoreError(f"cannot compact the store in {path}: {exc}") from None
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        finally:
+            store.close()
+        return Compacted(before, data.stat().st_size, removed)
+
+    def _live_pages(self) -> int:
+        """Pages a compacted copy holds: every database's, and the main one's."""
+        with self._env.begin() as txn:
+            stats = [self._env.stat()] + [
+                txn.stat(db) for db in (self._blocks, self._pins, self._providers, self._meta)
+            ]
+        return sum(st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"] for st in stats)
 
     def close(self) -> None:
         if self._lock_fd >= 0:
@@ -484,6 +545,14 @@ class BlockStore:
             pins = txn.stat(self._pins)["entries"]
             provs = txn.stat(self._providers)["entries"]
         return StoreStats(blocks, pins, provs, (info["last_pgno"] + 1) * page)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass(slots=True)

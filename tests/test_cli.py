@@ -127,3 +127,19 @@ def _fake_addr() -> str:
     from p2p.keys import NodeKey
 
     return f"/ip4/127.0.0.1/tcp/9/p2p/{peer_id_of_key(NodeKey.generate())}"
+
+
+def test_node_compact_shrinks_a_stopped_nodes_store(tmp_path: Path) -> None:
+    from protocols.unixfs import import_bytes
+    from store.blockstore import BlockStore
+
+    proc = run("node", "compact", "--data-dir", str(tmp_path), check=False)
+    assert proc.returncode == 1 and b"no store in" in proc.stderr
+    _, cached = import_bytes(os.urandom(3 << 20))
+    with BlockStore.open(tmp_path / "store") as store:
+        store.put_many(cached)
+        refused = run("node", "compact", "--data-dir", str(tmp_path), check=False)
+        assert refused.returncode == 1 and b"in use by another coliving process" in refused.stderr
+    out = run("node", "compact", "--data-dir", str(tmp_path), "--collect").stdout.decode()
+    assert f"removed {len(cached)} blocks" in out and "MiB freed" in out
+    assert (tmp_path / "store" / "data.mdb").stat().st_size < 1 << 20

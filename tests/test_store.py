@@ -224,3 +224,43 @@ def test_a_block_hashed_here_is_stored_without_a_second_hash(store: BlockStore) 
     with pytest.raises(TypeError):
         HashedBlock(good.cid, bytearray(b"abc"))  # type: ignore[arg-type]
     assert store.get(good.cid) == b"abc"
+
+
+def test_compact_shrinks_the_file_and_keeps_every_pin(tmp_path: Path) -> None:
+    """Collections free pages that LMDB reuses but never returns; compact does."""
+    path = tmp_path / "s"
+    kept_root, kept = import_bytes(os.urandom(1 << 20))
+    cached_root, cached = import_bytes(os.urandom(6 << 20))
+    with BlockStore.open(path) as store:
+        session = store.begin_session("kept")
+        store.put_many(kept, session=session)
+        store.pin(kept_root, size=1 << 20, name="kept", session=session)
+        store.put_many(cached)  # a cached file, unpinned
+    assert BlockStore.compact(path).after_bytes >= 7 << 20  # nothing removed without collect
+    compacted = BlockStore.compact(path, collect=True)
+    assert compacted.removed_blocks == len(cached)
+    assert compacted.before_bytes >= 7 << 20
+    assert (1 << 20) < compacted.after_bytes < 2 << 20
+    assert (path / "data.mdb").stat().st_size == compacted.after_bytes
+    assert not (path / "compact.tmp").exists()
+    with BlockStore.open(path) as store:
+        assert [(p.cid, p.name) for p in store.pins()] == [(kept_root, "kept")]
+        assert store.missing_blocks(kept_root) == []
+        assert all(store.get(b.cid) == b.data for b in kept)  # every block read back, verified
+        assert not store.has(cached_root)
+        store.put_many(cached)  # and it writes as before
+        assert store.missing_blocks(cached_root) == []
+
+
+def test_compact_refuses_a_store_in_use_and_cleans_up_after_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with BlockStore.open(path) as store:
+        store.put_many([raw_block(b"cached")])
+        with pytest.raises(StoreError, match="in use by another coliving process"):
+            BlockStore.compact(path)
+    (path / "compact.tmp").mkdir()  # a compaction killed before its rename
+    (path / "compact.tmp" / "data.mdb").write_bytes(b"half a copy")
+    BlockStore.compact(path)
+    assert not (path / "compact.tmp").exists()
+    with BlockStore.open(path) as store:
+        assert store.has(raw_block(b"cached").cid)

@@ -51,6 +51,7 @@ DIAL_BACKOFF = 30.0  # seconds before a member that could not be dialed is tried
 PROBE_TIMEOUT = 10.0  # a connected member that cannot open a stream in this long is gone
 # (not less: on a loaded host a live peer can take seconds, and dropping it costs a redial)
 GOSSIP_DEGREE = 6  # staked members a node keeps connected (gossipsub's mesh degree D)
+MISBEHAVIOUR_KEPT = 1024  # peers whose last ban's reason is kept (simnet reports read them)
 RECENT_ROOTS = 4096  # fetched roots remembered, newest first, for the cache a collection keeps
 
 
@@ -228,7 +229,7 @@ class _Peer:
                 continue
             provider = PeerId(entry["peer"])
             addrs = [a for a in entry.get("addrs", []) if isinstance(a, str)][:8]
-            if provider == self.host.peer_id:
+            if provider == self.host.peer_id or provider in self.bitswap.conduct:
                 continue
             if self.host.is_connected(provider) or await self._dial_any(provider, addrs):
                 found.append(provider)
@@ -297,7 +298,8 @@ class Node(_Peer):
             interval=config.announce_interval,
             ttl=config.announce_ttl,
         )
-        self.misbehaviour: dict[PeerId, str] = {}  # why each peer was last banned
+        # why each peer was last banned, the last MISBEHAVIOUR_KEPT peers
+        self.misbehaviour: OrderedDict[PeerId, str] = OrderedDict()
         self._dial_failed: dict[PeerId, float] = {}
         self._probed: dict[PeerId, float] = {}
         self.announcements_received = 0
@@ -501,6 +503,8 @@ class Node(_Peer):
                     if now - self._probed.get(peer, -math.inf) >= self.config.liveness_interval:
                         nursery.start_soon(probe, peer)
                     continue
+                if peer in self.conduct:
+                    continue  # (its connections are closed as they open)
                 if now - self._dial_failed.get(peer, -math.inf) < DIAL_BACKOFF:
                     continue
                 nursery.start_soon(dial, peer)
@@ -564,6 +568,8 @@ class Node(_Peer):
                 ann = announce.decode(message.data)
             except DecodingError:
                 continue  # the validator already refused it; defensive only
+            if message.origin in self.conduct:
+                continue  # its records went with its ban; they stay gone until it ends
             if not await is_staked_content_node(self.oracle, message.origin):
                 # validated while staked, queued, and unstaked meanwhile: the
                 # oracle already dropped this peer's records; don't bring them back
@@ -592,6 +598,9 @@ class Node(_Peer):
 
     def _banned(self, peer: PeerId, reason: str) -> None:
         self.misbehaviour[peer] = reason
+        self.misbehaviour.move_to_end(peer)
+        while len(self.misbehaviour) > MISBEHAVIOUR_KEPT:
+            self.misbehaviour.popitem(last=False)
         self.store.expire_providers(peer=peer_id_bytes(peer))
 
     def _malformed(self, protocol: str, peer: PeerId, reason: str) -> None:

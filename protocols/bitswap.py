@@ -84,6 +84,7 @@ class BitswapConfig:
     buffer_bytes: int = 8 << 20
 
 
+@dataclass
 class BitswapStats:
     blocks_served: int = 0
     bytes_served: int = 0

@@ -15,18 +15,24 @@ A stream that ends inside a message is no offence
 (:class:`protocols.errors.TruncatedError`): a peer that crashed, or whose
 network went, looks the same on the wire as one that stopped writing.
 
+Nor is a well-formed request for what this version does not know
+(:class:`protocols.errors.UnsupportedError`, a peer newer than us): it gets
+an error reply.
+
 Points halve every ``half_life`` seconds, so rare mistakes never add up to a
 ban. A ban lasts ``Bans.first`` seconds, twice that for the next, up to
-``Bans.longest``. While it lasts, the node resets every stream the peer
-opens, closes every connection it makes, and neither dials it nor asks it
-for blocks (docs/decisions.md 22).
+``Bans.longest``. While it lasts, the node resets the peer's Bitswap, query
+and upload streams, closes each connection it makes, ignores its
+announcements, and neither dials it nor asks it for blocks
+(docs/decisions.md 22).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Final
 
@@ -51,7 +57,9 @@ class Bans:
     A ban for good cuts a node off, until it restarts, from a peer that erred
     once (a corrupt disk) or that a bug of ours misjudged (docs/decisions.md
     17). A peer that goes on lying loses one verified, discarded block per
-    ban. Offences while banned (the rest of one bad message) add nothing.
+    ban. Offences while banned (the rest of one bad message) add nothing. A
+    peer with no ban for ``longest`` seconds starts again from ``first``.
+    At most MAX_TRACKED peers are remembered, the ones banned last.
     """
 
     def __init__(
@@ -65,15 +73,30 @@ class Bans:
         self.clock = clock
         self.reasons: dict[PeerId, str] = {}  # the current bans
         self._until: dict[PeerId, float] = {}
-        self._offences: defaultdict[PeerId, int] = defaultdict(int)
+        # bans so far, and when the last one ends: a peer whose last ban ended
+        # over ``longest`` ago starts again from ``first``
+        self._record: OrderedDict[PeerId, tuple[int, float]] = OrderedDict()
 
     def add(self, peer: PeerId, reason: str) -> None:
         if peer in self:
             return
-        length = min(self.first * 2 ** self._offences[peer], self.longest)
-        self._offences[peer] += 1
-        self._until[peer] = self.clock() + length
+        now = self.clock()
+        count, ended = self._record.pop(peer, (0, -math.inf))
+        if now - ended > self.longest:
+            count = 0
+        until = now + min(self.first * 2**count, self.longest)
+        self._record[peer] = (count + 1, until)
+        self._until[peer] = until
         self.reasons[peer] = reason
+        self._forget_old(now)
+
+    def _forget_old(self, now: float) -> None:
+        """Bounds the records: past MAX_TRACKED peers, those banned longest ago
+        go (and what is left of their bans)."""
+        while len(self._record) > MAX_TRACKED:
+            peer, _ = self._record.popitem(last=False)
+            self._until.pop(peer, None)
+            self.reasons.pop(peer, None)
 
     def __contains__(self, peer: object) -> bool:
         if not isinstance(peer, str):

@@ -16,6 +16,11 @@ class TruncatedError(DecodingError):
     whose network went, looks the same on the wire as one that stopped writing."""
 
 
+class UnsupportedError(DecodingError):
+    """Well formed, but asks for what this version does not know (a peer newer
+    than us): an error reply, no offence."""
+
+
 class ProtocolError(Exception):
     """A peer broke the protocol in a way that is not a decoding problem."""
 

@@ -13,8 +13,8 @@ at most MAX_REQUEST / MAX_RESPONSE bytes, carrying a message id::
            (only staked content nodes may ask, and only an owner of the CID obeys)
     any error                   -> {"id": int, "error": str}
 
-An op this node does not know (a client newer than the node) gets an error
-reply naming the ops it does; a request that does not parse gets the stream
+An op or a key this node does not know (a client newer than the node) gets an
+error reply (naming the ops it answers); a request that does not parse gets the stream
 reset, and counts against the peer (protocols.conduct).
 """
 
@@ -28,7 +28,7 @@ import cbor2
 
 from p2p.abc import Stream
 from protocols.cid import CID
-from protocols.errors import DecodingError, NoAnswerError, ProtocolError
+from protocols.errors import DecodingError, NoAnswerError, ProtocolError, UnsupportedError
 from protocols.wire import FrameReader, cbor_exact, write_frame
 
 PROTOCOL: Final = "/coliving/query/1.0.0"
@@ -42,11 +42,11 @@ Answer = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 REPLY_TIMEOUT: Final = 10.0
 
 
-class UnknownOpError(DecodingError):
-    """A well-formed query for an op this node does not answer."""
+class UnsupportedQuery(UnsupportedError):
+    """A well-formed query this node cannot answer: an op or a key it does not know."""
 
-    def __init__(self, msg_id: int, op: object) -> None:
-        super().__init__(f"unknown query op {op!r} (this node answers {', '.join(OPS)})")
+    def __init__(self, msg_id: int, what: str) -> None:
+        super().__init__(what)
         self.msg_id = msg_id
 
 
@@ -60,15 +60,17 @@ def decode_request(data: bytes) -> tuple[int, str, dict[str, Any]]:
     if not isinstance(msg_id, int) or isinstance(msg_id, bool) or not 0 <= msg_id < 2**63:
         raise DecodingError("query id must be a non-negative integer")
     if op not in OPS:
-        raise UnknownOpError(msg_id, op)
+        raise UnsupportedQuery(
+            msg_id, f"unknown query op {op!r} (this node answers {', '.join(OPS)})"
+        )
     args: dict[str, Any] = {}
     if op in ("providers", "replicate"):
         raw = obj.get("cid")
         if not isinstance(raw, bytes):
             raise DecodingError(f"{op} query needs cid bytes")
         args["cid"] = CID.from_bytes(raw)
-    if set(obj) - {"id", "op", "cid"}:
-        raise DecodingError("unknown keys in query")
+    if unknown := sorted(map(str, set(obj) - {"id", "op", "cid"})):
+        raise UnsupportedQuery(msg_id, f"unknown keys in query: {unknown}")
     return msg_id, str(op), args
 
 
@@ -82,7 +84,7 @@ async def serve(stream: Stream, answer: Answer) -> None:
     reply: dict[str, Any]
     try:
         msg_id, op, args = decode_request(data)
-    except UnknownOpError as exc:
+    except UnsupportedQuery as exc:
         msg_id, reply = exc.msg_id, {"error": str(exc)}
     else:
         try:

@@ -31,7 +31,7 @@ from p2p.abc import StreamError, TaskStatus
 from p2p.keys import PeerId
 from protocols import placement
 from protocols.cid import CID
-from protocols.errors import NoAnswerError
+from protocols.errors import NoAnswerError, TruncatedError
 from store.blockstore import BlockStore
 
 log = logging.getLogger(__name__)
@@ -234,9 +234,10 @@ class Replicator:
                     )
                     done += 1
                     return
-                except (StreamError, NoAnswerError) as exc:
+                except (StreamError, NoAnswerError, TruncatedError) as exc:
                     # the request or its answer was lost on the way (a stream
-                    # reset, a connection replaced): ask again; a refusal is final
+                    # reset, a connection replaced, an answer cut short): ask
+                    # again; a refusal is final
                     log.info("replication of %s to %s, try %d: %s", cid, peer, attempt, exc)
                     if attempt < REPLICATE_TRIES:  # (the upload's reply waits for this)
                         await trio.sleep(0.2 * attempt)

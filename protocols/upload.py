@@ -26,7 +26,7 @@ import cbor2
 from p2p.abc import Stream, StreamError
 from p2p.keys import PeerId
 from protocols.cid import CID
-from protocols.errors import DecodingError, TruncatedError
+from protocols.errors import DecodingError, TruncatedError, UnsupportedError
 from protocols.unixfs import Block, FileImporter
 from protocols.wire import FrameReader, cbor_exact, write_frame
 from store.blockstore import BlockStore, StoreError
@@ -48,8 +48,10 @@ def decode_header(data: bytes) -> tuple[str, int | None]:
     if len(data) > MAX_HEADER:
         raise DecodingError(f"upload header over {MAX_HEADER} bytes")
     obj: Any = cbor_exact(data, "upload header")
-    if not isinstance(obj, dict) or set(obj) - {"name", "size"}:
+    if not isinstance(obj, dict):
         raise DecodingError("upload header must be a map with keys name, size")
+    if unknown := sorted(map(str, set(obj) - {"name", "size"})):
+        raise UnsupportedError(f"unknown keys in the upload header: {unknown}")
     name, size = obj.get("name", ""), obj.get("size")
     if not isinstance(name, str) or len(name) > MAX_NAME:
         raise DecodingError(f"name must be a string of at most {MAX_NAME} characters")
@@ -128,7 +130,9 @@ class UploadService:
         except (DecodingError, StoreError) as exc:
             self.failed += 1
             log.info("upload from %s refused: %s", stream.remote_peer, exc)
-            malformed = isinstance(exc, DecodingError) and not isinstance(exc, TruncatedError)
+            malformed = isinstance(exc, DecodingError) and not isinstance(
+                exc, TruncatedError | UnsupportedError
+            )
             if malformed and self.on_malformed is not None:
                 self.on_malformed(stream.remote_peer, f"malformed upload: {exc}")
             try:
@@ -155,14 +159,24 @@ async def upload(
     size: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Uploaded:
-    """Client side: send the file; the node's acknowledgement once it pinned it."""
+    """Client side: send the file; the node's acknowledgement once it pinned it.
+
+    With ``size``, the chunks must add up to it: a file that grew or shrank
+    while it was read raises UploadError before the end-of-file frame (the
+    caller resets the stream, and the node drops what it got)."""
     await write_frame(stream, cbor2.dumps({"name": name, "size": size}))
+    sent = 0
     async for chunk in chunks:
+        if size is not None and sent + len(chunk) > size:
+            raise UploadError(f"the file grew while it was uploaded (past {size} bytes)")
         for start in range(0, len(chunk), MAX_DATA_FRAME):
             piece = chunk[start : start + MAX_DATA_FRAME]
             await write_frame(stream, piece)
             if progress is not None:
                 progress(len(piece))
+        sent += len(chunk)
+    if size is not None and sent != size:
+        raise UploadError(f"the file shrank while it was uploaded ({sent} of {size} bytes)")
     await write_frame(stream, b"")
     reply = await FrameReader(stream).read_frame(MAX_HEADER)
     if reply is None:

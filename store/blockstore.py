@@ -184,17 +184,19 @@ class BlockStore:
                     f"compacting {path} needs {live} bytes free for its copy; {free} are"
                 )
             scratch = path / "compact.tmp"
-            shutil.rmtree(scratch, ignore_errors=True)  # left by a crash during a compaction
-            scratch.mkdir()
             try:
+                shutil.rmtree(scratch, ignore_errors=True)  # left by a crash during a compaction
+                scratch.mkdir()
                 store._env.copy(str(scratch), compact=True)
                 store._env.close()
-                _fsync(scratch / "data.mdb")
-                os.replace(scratch / "data.mdb", data)
+                copy = scratch / "data.mdb"
+                _same_owner_and_mode(copy, data)
+                _fsync(copy)
+                os.replace(copy, data)
                 # LMDB's reader table: it belonged to the old file; the next open makes a new one
                 (path / "lock.mdb").unlink(missing_ok=True)
                 _fsync(path)
-            except lmdb.Error as exc:
+            except (lmdb.Error, OSError) as exc:
                 raise StoreError(f"cannot compact the store in {path}: {exc}") from None
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
@@ -545,6 +547,15 @@ class BlockStore:
             pins = txn.stat(self._pins)["entries"]
             provs = txn.stat(self._providers)["entries"]
         return StoreStats(blocks, pins, provs, (info["last_pgno"] + 1) * page)
+
+
+def _same_owner_and_mode(path: Path, like: Path) -> None:
+    """Give ``path`` the mode (and, run as root, the owner) of ``like``: a store
+    compacted by root must still open for the node's own user."""
+    st = like.stat()
+    os.chmod(path, st.st_mode & 0o7777)
+    if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
+        os.chown(path, st.st_uid, st.st_gid)
 
 
 def _fsync(path: Path) -> None:

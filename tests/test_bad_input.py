@@ -160,16 +160,35 @@ async def assert_still_serves(alice: Node, root: CID) -> None:
         nursery.cancel_scope.cancel()
 
 
+def _set_if(condition: bool, event: trio.Event) -> None:
+    if condition:
+        event.set()
+
+
 async def assert_refused(s: Scene, asks: dict[str, bytes]) -> None:
-    """Mallory, banned, comes back and asks again on each protocol: her new
-    connection is closed, or her stream reset, without a word from alice."""
+    """Mallory, banned, comes back. Alice closes her connection as it opens;
+    and with that gate off, she resets Mallory's streams on every protocol."""
+    addr = s.alice.host.addrs()[0]
+    alice_saw, mallory_saw = trio.Event(), trio.Event()
+    s.alice.host.on_disconnect.append(lambda p: _set_if(p == s.mallory.peer_id, alice_saw))
+    s.mallory.on_disconnect.append(lambda p: _set_if(p == s.alice.peer_id, mallory_saw))
+    with trio.fail_after(WAIT):
+        with contextlib.suppress(DialError):  # closed while her dial completed
+            await s.mallory.connect(addr)
+        await alice_saw.wait()
+        await mallory_saw.wait()
+    assert not s.alice.host.is_connected(s.mallory.peer_id)
+    assert isinstance(s.alice.host, Host)
+    s.alice.host.refuse = lambda peer: False  # the streams' gate alone
+    with trio.fail_after(WAIT):
+        await s.mallory.connect(addr)
     for protocol, ask in asks.items():
-        with trio.fail_after(WAIT):
-            with contextlib.suppress(StreamError, DialError):
-                await s.mallory.connect(s.alice.host.addrs()[0])
-                again = await s.open(protocol)
-                await send_quietly(again, ask, "open")
-                assert await drain(again) == b""
+        with trio.fail_after(WAIT), contextlib.suppress(StreamError):
+            # (the reset can cut the protocol's negotiation short: a StreamError)
+            again = await s.open(protocol)
+            await send_quietly(again, ask, "open")
+            assert await drain(again) == b""
+    assert s.alice.host.is_connected(s.mallory.peer_id)  # only her streams were refused
 
 
 def store_snapshot(store: BlockStore) -> tuple[int, set[CID], list[str]]:
@@ -278,6 +297,12 @@ UPLOAD_CASES: dict[str, tuple[Callable[[], bytes], str, bool]] = {
     # name: (bytes, how the stream ends, whether it is an offence)
     "garbage": (lambda: GARBAGE + os.urandom(40), "half", True),
     "garbage header": (lambda: frame(b"\xa1\x61x\xff not a header"), "open", True),
+    # a newer client's header: refused with a word, and no offence
+    "unknown header key": (
+        lambda: frame(cbor2.dumps({"name": "", "size": 1, "mime": "audio/wav"})) + frame(b"y"),
+        "open",
+        False,
+    ),
     "truncated frame": (lambda: HEADER + frame(b"x" * 5000)[:-100], "half", False),
     "no end-of-file frame": (lambda: HEADER + frame(b"x" * 5000), "half", False),
     "oversized header prefix": (lambda: encode_uvarint(upload.MAX_HEADER + 1), "open", True),
@@ -348,6 +373,7 @@ QUERY_CASES: dict[str, tuple[bytes, str, bool, bool]] = {
         True,
     ),
     "valid frame then garbage": (PEERS_QUERY + os.urandom(200), "open", True, False),
+    "unknown key": (frame(cbor2.dumps({"id": 7, "op": "peers", "since": 3})), "open", True, False),
     "closed mid-frame": (PEERS_QUERY[:4], "close", False, False),
 }
 
@@ -381,6 +407,28 @@ async def test_an_unknown_query_op_gets_an_error_naming_the_ops(tmp_path: Path) 
             await query.ask(stream, "rm -rf")
         assert "unknown query op 'rm -rf'" in str(refused.value)
         assert "providers, peers, info, replicate" in str(refused.value)
+
+
+async def test_a_file_that_changes_while_it_uploads_is_the_clients_error(
+    tmp_path: Path,
+) -> None:
+    """The client checks the size it declared: a file that grew or shrank is its
+    own clear error, and the node holds nothing against it (it would count a
+    size that does not add up as malformed)."""
+    async with scene(tmp_path) as s:
+        client = Client()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            with trio.fail_after(WAIT):
+                alice = await client.connect(s.alice.host.addrs()[0])
+                for size, says in ((10, "grew"), (12, "shrank")):
+                    with pytest.raises(upload.UploadError, match=says):
+                        await client.upload(alice, chunks(b"x" * 11), size=size)
+                await s.uploads.wait_finished(2)
+            nursery.cancel_scope.cancel()
+        assert s.alice.uploads.completed == 0 and s.alice.uploads.failed == 2
+        assert s.alice.conduct.points(client.host.peer_id) == 0
+        assert store_snapshot(s.alice.store)[1] == {s.root}
 
 
 async def test_malformed_queries_add_up_to_a_ban_on_every_protocol(tmp_path: Path) -> None:

@@ -101,3 +101,25 @@ def test_a_ban_ends_and_the_next_one_lasts_twice_as_long() -> None:
     assert bans.until(peer) == 600 + 1000  # twice as long, up to the longest
     assert PeerId("12D3KooWSomeoneElse") not in bans and 7 not in bans
     assert len(bans) == 1 and bans.current() == [(peer, "junk again", 1000)]
+
+
+def test_a_peer_with_no_ban_for_the_longest_starts_again_from_the_first() -> None:
+    now = [0.0]
+    bans = Bans(first=10, longest=100, clock=lambda: now[0])
+    bans.add(MALLORY, "junk")
+    now[0] = 10
+    bans.add(MALLORY, "junk")
+    assert bans.until(MALLORY) == 10 + 20
+    now[0] = 30 + 100.5  # a clean record for longer than the longest ban
+    bans.add(MALLORY, "junk")
+    assert bans.until(MALLORY) == now[0] + 10
+
+
+def test_the_ban_records_are_bounded() -> None:
+    now = [0.0]
+    bans = Bans(first=10, clock=lambda: now[0])
+    for i in range(MAX_TRACKED + 10):
+        bans.add(PeerId(f"12D3KooWPeer{i}"), "junk")
+    assert len(bans._record) == MAX_TRACKED and len(bans.reasons) == MAX_TRACKED
+    assert PeerId("12D3KooWPeer0") not in bans  # the oldest went
+    assert PeerId(f"12D3KooWPeer{MAX_TRACKED + 9}") in bans

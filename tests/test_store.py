@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import cbor2
 import pytest
@@ -236,7 +237,8 @@ def test_compact_shrinks_the_file_and_keeps_every_pin(tmp_path: Path) -> None:
         store.put_many(kept, session=session)
         store.pin(kept_root, size=1 << 20, name="kept", session=session)
         store.put_many(cached)  # a cached file, unpinned
-    assert BlockStore.compact(path).after_bytes >= 7 << 20  # nothing removed without collect
+    kept_all = BlockStore.compact(path)
+    assert kept_all.removed_blocks == 0 and kept_all.after_bytes >= 7 << 20
     compacted = BlockStore.compact(path, collect=True)
     assert compacted.removed_blocks == len(cached)
     assert compacted.before_bytes >= 7 << 20
@@ -264,3 +266,19 @@ def test_compact_refuses_a_store_in_use_and_cleans_up_after_a_crash(tmp_path: Pa
     assert not (path / "compact.tmp").exists()
     with BlockStore.open(path) as store:
         assert store.has(raw_block(b"cached").cid)
+
+
+def test_compact_without_the_disk_for_its_copy_is_a_clear_error_and_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s"
+    with BlockStore.open(path) as store:
+        store.put_many([raw_block(os.urandom(100_000))])
+    before = (path / "data.mdb").read_bytes()
+    free = SimpleNamespace(total=1 << 30, used=1 << 30, free=4096)
+    monkeypatch.setattr("store.blockstore.shutil.disk_usage", lambda p: free)
+    with pytest.raises(StoreError, match=r"needs \d+ bytes free for its copy; 4096 are"):
+        BlockStore.compact(path)
+    assert (path / "data.mdb").read_bytes() == before
+    with BlockStore.open(path) as store:  # and the lock was let go
+        assert store.stats().blocks == 1

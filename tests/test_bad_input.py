@@ -27,10 +27,11 @@ import cbor2
 import pytest
 import trio
 
+from chain.oracle import AllowlistOracle
 from gateway.health import health_body
 from gateway.metrics import NodeCollector
 from node import Client, Node
-from p2p.abc import Stream, StreamError, StreamHandler
+from p2p.abc import GossipMessage, Stream, StreamError, StreamHandler
 from p2p.gossip import Gossip
 from p2p.host import DialError, Host, HostConfig, peer_id_of_key
 from p2p.keys import NodeKey
@@ -603,3 +604,35 @@ async def test_fetch_from_unreachable_node_is_a_clear_error(tmp_path: Path) -> N
         with trio.fail_after(WAIT), pytest.raises(DialError):
             await client.connect(_closed_port_addr())
         nursery.cancel_scope.cancel()
+
+
+async def test_a_banned_peers_announcements_are_ignored_until_its_ban_ends(
+    tmp_path: Path,
+) -> None:
+    """Its ban drops a provider's records; its next announcements (forwarded by
+    others, as gossip is) must not bring them back while the ban lasts."""
+    async with scene(tmp_path) as s:
+        oracle = s.alice.oracle
+        assert isinstance(oracle, AllowlistOracle)
+        oracle.allow(s.mallory.peer_id)  # staked: her announcements are taken
+        first, second = (import_bytes(text)[0] for text in (b"first", b"second"))
+
+        async def announces(*roots: CID) -> None:
+            data = announce.encode(announce.Announcement(time.time(), 3600, (), roots))
+            await s.alice._consume_announcements(
+                _one(GossipMessage(announce.TOPIC, s.mallory.peer_id, data))
+            )
+
+        await announces(first)
+        assert s.alice.store.providers(first) != []
+        s.alice.bitswap.report_bad_peer(s.mallory.peer_id, "a block nobody asked for")
+        assert s.alice.store.providers(first) == []
+        await announces(first, second)
+        assert s.alice.store.providers(first) == s.alice.store.providers(second) == []
+        s.alice.conduct.bans._until[s.mallory.peer_id] = 0.0  # the ban ends
+        await announces(second)
+        assert s.alice.store.providers(second) != []
+
+
+async def _one(message: GossipMessage) -> AsyncIterator[GossipMessage]:
+    yield message

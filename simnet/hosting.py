@@ -360,6 +360,7 @@ class NodeHost:
                 "bad_blocks": bs.bad_blocks,
                 "bytes_out": self.model.bytes_out.get(node.peer_id, 0),
                 "misbehaviour": dict(node.misbehaviour),
+                "banned": [peer for peer, _, _ in node.conduct.bans.current()],
                 "accepted": node.validator.accepted,
                 "rejected": dict(node.validator.rejected),
                 "connections": len(node.host.connected_peers()),

@@ -144,6 +144,14 @@ def metrics(raw: dict[str, Any]) -> dict[str, Any]:
         for peer in s["misbehaviour"]
         if peer in byzantine
     )
+    # (honest node, byzantine peer) pairs under a ban when the run ended
+    bans_on_byz = sum(
+        1
+        for name, s in last.items()
+        if name in honest_names
+        for peer in s.get("banned", [])
+        if peer in byzantine
+    )
     corrupt_accepted = sum(1 for f in [*fetches, *final] if f.get("corrupt"))
     unstaked_after: dict[str, int] = {}
     for n in raw["nodes"]:
@@ -218,6 +226,7 @@ def metrics(raw: dict[str, Any]) -> dict[str, Any]:
             ),
             "bad_blocks_detected": bad_blocks,
             "misbehaviour_reports": reports_on_byz,
+            "bans_in_force_at_end": bans_on_byz,
             "corrupt_data_accepted": corrupt_accepted,
         },
         "sybil": {
@@ -346,11 +355,12 @@ def _plots(m: dict[str, Any], out: Path) -> list[tuple[str, str]]:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     byz = sm["byzantine"]
     a.bar(
-        ["bad answers sent", "bad blocks caught", "reports", "corrupt accepted"],
+        ["bad answers sent", "bad blocks caught", "reports", "bans at end", "corrupt accepted"],
         [
             byz["wants_answered_badly"],
             byz["bad_blocks_detected"],
             byz["misbehaviour_reports"],
+            byz["bans_in_force_at_end"],
             byz["corrupt_data_accepted"],
         ],
         color="tab:red",

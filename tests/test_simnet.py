@@ -170,6 +170,9 @@ async def test_mini_scenario_end_to_end(tmp_path: Path) -> None:
     assert s["sybil"]["rejected_by_honest"] >= 1
     # byzantine blocks: never accepted as data
     assert s["byzantine"]["corrupt_data_accepted"] == 0
+    # a node that caught a byzantine block still bans its sender (bans last 10 minutes)
+    caught = s["byzantine"]["bad_blocks_detected"] > 0
+    assert (s["byzantine"]["bans_in_force_at_end"] > 0) == caught
     assert m["checks"]["every_byzantine_block_rejected"]
     # announcements among the honest nodes arrived
     assert s["announcements"]["delivery_ratio"] is not None

@@ -174,10 +174,13 @@ async def assert_refused(s: Scene, asks: dict[str, bytes]) -> None:
     s.alice.host.on_disconnect.append(lambda p: _set_if(p == s.mallory.peer_id, alice_saw))
     s.mallory.on_disconnect.append(lambda p: _set_if(p == s.alice.peer_id, mallory_saw))
     with trio.fail_after(WAIT):
-        with contextlib.suppress(DialError):  # closed while her dial completed
+        try:
             await s.mallory.connect(addr)
+        except DialError:
+            pass  # closed before her side of the dial completed: she never saw it open
+        else:
+            await mallory_saw.wait()
         await alice_saw.wait()
-        await mallory_saw.wait()
     assert not s.alice.host.is_connected(s.mallory.peer_id)
     assert isinstance(s.alice.host, Host)
     s.alice.host.refuse = lambda peer: False  # the streams' gate alone

@@ -277,7 +277,9 @@ class Node(_Peer):
             self.oracle.on_unstaked = self._peer_unstaked
         self.unstaked_dropped = 0
         self.gossip: GossipLike = gossip
-        self.validator = announce.AnnounceValidator(self.oracle)
+        self.validator = announce.AnnounceValidator(
+            self.oracle, on_malformed=functools.partial(self._malformed, "announce")
+        )
         # what each peer did wrong, on every protocol; a banned peer is refused by all
         self.conduct = Conduct()
         self.conduct.on_ban.append(self._banned)

@@ -100,9 +100,19 @@ def decode(data: bytes) -> Announcement:
 class AnnounceValidator:
     """The gossip validator for TOPIC; counts what it accepts and rejects."""
 
-    def __init__(self, oracle: StakeOracle, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        oracle: StakeOracle,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_malformed: Callable[[PeerId, str], None] | None = None,
+    ) -> None:
         self.oracle = oracle
         self.clock = clock
+        # told of the origin of an announcement that does not parse: gossipsub
+        # checked the origin's signature, so the bytes are the origin's own
+        # (a stale one is no offence: a clock can be wrong)
+        self.on_malformed = on_malformed
         self.accepted = 0
         self.rejected: dict[str, int] = {}
         self.verdict = trio.Event()  # set after every decision (tests wait on it)
@@ -119,7 +129,9 @@ class AnnounceValidator:
     async def __call__(self, origin: PeerId, forwarder: PeerId, data: bytes) -> bool:
         try:
             ann = decode(data)
-        except DecodingError:
+        except DecodingError as exc:
+            if self.on_malformed is not None:
+                self.on_malformed(origin, f"malformed announcement: {exc}")
             return self._reject("malformed")
         if abs(self.clock() - ann.timestamp) > MAX_SKEW:
             return self._reject("stale")

@@ -6,10 +6,11 @@ A handler that catches a peer breaking a protocol reports it here
 - ``PROVEN`` (a ban at once): what no honest peer sends. A block that does
   not hash to the CID it came for, a block nobody asked for, a Bitswap
   message that does not parse (a stable spec every implementation speaks).
-- ``MALFORMED`` (30 points of the 100 a ban takes): a Coliving request
-  that does not parse. A client of another version, or a bug on either side,
-  can send one. Four in a row are a ban; so is one every five minutes, kept
-  up (the points it settles at reach 100).
+- ``MALFORMED`` (30 points of the 100 a ban takes): a Coliving request or
+  announcement (against its signed origin) that does not parse. A client
+  of another version, or a bug on either side, can send one. Four in a row
+  are a ban; so is one every five minutes, kept up (the points it settles
+  at reach 100).
 
 A stream that ends inside a message is no offence
 (:class:`protocols.errors.TruncatedError`): a peer that crashed, or whose

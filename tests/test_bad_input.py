@@ -515,11 +515,11 @@ async def test_garbage_announcements_are_rejected(tmp_path: Path) -> None:
         fake_root = import_bytes(b"mallory claims this")[0]
         well_formed = announce.encode(announce.Announcement(time.time(), 3600, (), (fake_root,)))
         attacks = [
+            well_formed,  # well formed, but mallory is not staked: no offence
             os.urandom(100),
             cbor2.dumps({"v": 1, "t": 2**2000, "ttl": 60, "addrs": [], "roots": [b"x"]}),
             cbor2.dumps({"v": 1, "t": 0.0, "ttl": 60, "addrs": [], "roots": [b"\x01" * 40]}),
-            bytes(announce.MAX_BYTES + 1),
-            well_formed,  # well formed, but mallory is not staked
+            bytes(announce.MAX_BYTES + 1),  # the fourth malformed: she is banned
         ]
         for attack in attacks:
             seen = rejections(validator)
@@ -528,6 +528,9 @@ async def test_garbage_announcements_are_rejected(tmp_path: Path) -> None:
                 while rejections(validator) == seen:
                     await validator.verdict.wait()
         assert validator.rejected == {"malformed": 4, "unstaked": 1}
+        # she signed each of them (gossipsub checked): they count against her
+        assert s.alice.conduct.offences == {"announce": 4}
+        assert "malformed announcement" in s.alice.misbehaviour[s.mallory.peer_id]
         assert s.alice.announcements_received == 0
         assert s.alice.store.providers(fake_root) == []
         await assert_still_serves(s.alice, s.root)

@@ -39,7 +39,7 @@ from protocols import upload as upload_proto
 from protocols.bitswap import Bitswap, BitswapConfig, Fetch
 from protocols.cid import CID
 from protocols.conduct import MALFORMED, Conduct
-from protocols.errors import DecodingError, NotFoundError, ProtocolError, TruncatedError
+from protocols.errors import DecodingError, NotFoundError, ProtocolError, is_offence
 from protocols.replication import ReplicationConfig, Replicator
 from store.blockstore import BlockStore, Collected, Collection, StoreError
 
@@ -635,7 +635,7 @@ class Node(_Peer):
         except DecodingError as exc:
             log.info("bad query from %s: %s", stream.remote_peer, exc)
             await stream.reset()
-            if not isinstance(exc, TruncatedError):
+            if is_offence(exc):
                 self._malformed("query", stream.remote_peer, f"malformed query: {exc}")
 
     async def _answer(self, op: str, args: dict[str, Any]) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from protocols import bitswap_msg as msg
 from protocols.bitswap_msg import BitswapMessage, Presence, WantEntry, WantType
 from protocols.cid import CID, DAG_PB
 from protocols.conduct import PROVEN, Conduct
-from protocols.errors import DecodingError, NotFoundError, TruncatedError
+from protocols.errors import DecodingError, NotFoundError, is_offence
 from protocols.unixfs import Block, FileNode, child_at, decode_file_node
 from protocols.wire import FrameReader
 from store.blockstore import BlockStore
@@ -192,10 +192,9 @@ class Bitswap:
                 if payload is None:
                     break
                 await self._on_message(peer, msg.decode(payload))
-        except TruncatedError:
-            await stream.reset()  # the peer went away mid-message: no offence
         except DecodingError as exc:
-            self.report_bad_peer(peer, f"malformed bitswap message: {exc}")
+            if is_offence(exc):  # (not a peer that went away mid-message)
+                self.report_bad_peer(peer, f"malformed bitswap message: {exc}")
             await stream.reset()
 
     async def _on_message(self, peer: PeerId, message: BitswapMessage) -> None:

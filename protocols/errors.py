@@ -21,6 +21,13 @@ class UnsupportedError(DecodingError):
     than us): an error reply, no offence."""
 
 
+def is_offence(exc: DecodingError) -> bool:
+    """Whether a peer's input that failed to decode counts against it (the one
+    rule for every protocol): a message cut short or one for a newer version
+    does not."""
+    return not isinstance(exc, TruncatedError | UnsupportedError)
+
+
 class ProtocolError(Exception):
     """A peer broke the protocol in a way that is not a decoding problem."""
 

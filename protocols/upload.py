@@ -26,7 +26,7 @@ import cbor2
 from p2p.abc import Stream, StreamError
 from p2p.keys import PeerId
 from protocols.cid import CID
-from protocols.errors import DecodingError, TruncatedError, UnsupportedError
+from protocols.errors import DecodingError, TruncatedError, UnsupportedError, is_offence
 from protocols.unixfs import Block, FileImporter
 from protocols.wire import FrameReader, cbor_exact, write_frame
 from store.blockstore import BlockStore, StoreError
@@ -130,9 +130,7 @@ class UploadService:
         except (DecodingError, StoreError) as exc:
             self.failed += 1
             log.info("upload from %s refused: %s", stream.remote_peer, exc)
-            malformed = isinstance(exc, DecodingError) and not isinstance(
-                exc, TruncatedError | UnsupportedError
-            )
+            malformed = isinstance(exc, DecodingError) and is_offence(exc)
             if malformed and self.on_malformed is not None:
                 self.on_malformed(stream.remote_peer, f"malformed upload: {exc}")
             try:

@@ -17,7 +17,10 @@ timestamp, digest); an exception discards them all.
 The digest of a block is ``sha256(previous digest || canonical encoding of
 [number, hash, changes])``, where ``changes`` are, in order, each
 ``(table, key, new row or None)`` and each rejection; the genesis digest is
-32 zero bytes. Two discovery nodes that applied the same blocks by the same
+32 zero bytes. A block with no changes and no rejections (the indexer
+records such a block at the end of a range, to know its hash for reorg
+checks) leaves the digest as it was, so the digest does not depend on where
+an indexer's ranges happened to end. Two discovery nodes that applied the same blocks by the same
 rules have the same digest at every block.
 
 Rows are plain dicts of JSON-able values (str, int, float, bool, None, and

@@ -44,6 +44,7 @@ from protocols.replication import ReplicationConfig, Replicator
 from store.blockstore import BlockStore, Collected, Collection, StoreError
 
 if TYPE_CHECKING:
+    from discovery.service import DiscoveryConfig, DiscoveryService, MusicChain
     from gateway import Gateway
 
 log = logging.getLogger("coliving.node")
@@ -90,6 +91,9 @@ class NodeConfig:
     # newest first, up to half of cache_bytes.
     cache_bytes: int = 1 << 30
     gc_interval: float = 30.0
+    # the discovery role (index the chain's music data, answer queries, count
+    # plays): None = a content node only; ``[discovery]`` in node.toml
+    discovery: DiscoveryConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.listen:
@@ -155,6 +159,8 @@ class NodeConfig:
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "cache_bytes" in values:
             values["cache_bytes"] = parse_size(values["cache_bytes"], "cache_bytes")
+        if isinstance(values.get("discovery"), dict | bool):
+            values["discovery"] = discovery_config(values["discovery"], path)
         try:
             return cls(data_dir=data_dir, **values)
         except TypeError as exc:
@@ -179,6 +185,54 @@ def parse_size(value: object, name: str) -> int:
         if unit in _SIZE_UNITS and 0 <= amount < math.inf:
             return int(amount * _SIZE_UNITS[unit])
     raise ConfigError(f"{name}: {value!r} is not a size (say 1073741824, 512MiB or 2GB)")
+
+
+def discovery_config(raw: dict[str, Any] | bool, where: Path) -> DiscoveryConfig | None:
+    """``[discovery]`` of node.toml (or ``true`` for the defaults) as a DiscoveryConfig."""
+    from discovery.indexer import IndexerConfig
+    from discovery.service import DiscoveryConfig
+
+    if raw is False:
+        return None
+    table = {} if raw is True else dict(raw)
+    indexer_keys = {f.name for f in fields(IndexerConfig)}
+    own_keys = {"trending_interval"}
+    if unknown := sorted(set(table) - indexer_keys - own_keys):
+        raise ConfigError(
+            f"{where}: unknown keys in [discovery]: {unknown}; "
+            f"known: {sorted(indexer_keys | own_keys)}"
+        )
+    try:
+        indexer = IndexerConfig(**{k: v for k, v in table.items() if k in indexer_keys})
+        return DiscoveryConfig(indexer=indexer, **{k: v for k, v in table.items() if k in own_keys})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: [discovery]: {exc}") from None
+
+
+def _music_chain_from_config(config: NodeConfig) -> MusicChain:
+    """The data contract of the chain the config names (rpc + deployment)."""
+    from chain.deploy import Deployment
+    from chain.entity import EntityReader
+    from discovery.service import MusicChain
+
+    if config.rpc is None or config.deployment is None:
+        raise ConfigError(
+            "the discovery role indexes a chain: give rpc and deployment (or run "
+            "`coliving devnet`, which starts one on the embedded chain)"
+        )
+    path = Path(config.deployment).expanduser()
+    try:
+        deployment = Deployment.from_json(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"deployment {path}: {exc}") from None
+    if deployment.entity_manager is None:
+        raise ConfigError(f"deployment {path} names no EntityManager contract")
+    return MusicChain(
+        source=EntityReader.for_rpc(config.rpc, deployment),
+        chain_id=deployment.chain_id,
+        contract=deployment.entity_manager,
+        start_block=deployment.entity_manager_block,
+    )
 
 
 def _oracle_from_config(config: NodeConfig, me: PeerId) -> StakeOracle:
@@ -258,9 +312,12 @@ class Node(_Peer):
         host: HostLike | None = None,
         gossip: GossipLike | None = None,
         store: BlockStore | None = None,
+        music: MusicChain | None = None,
     ) -> None:
         """``host``, ``gossip`` and ``store`` default to libp2p's and LMDB in
-        ``data_dir``; simnet.virtual passes p2p.memory's (a host with its gossip)."""
+        ``data_dir``; simnet.virtual passes p2p.memory's (a host with its gossip).
+        With ``config.discovery`` the node also takes the discovery role, on
+        the data contract of ``music`` (default: the one config.rpc names)."""
         self.config = config
         self.key = key or NodeKey.load_or_create(config.data_dir)
         self.store = store if store is not None else BlockStore.open(config.data_dir / "store")
@@ -313,6 +370,18 @@ class Node(_Peer):
         self.swept = Collected()  # every collection's removals added up (for /metrics)
         self.collected = trio.Event()  # set after every collection (tests wait on it)
         self._collecting = trio.Lock()
+        self.discovery: DiscoveryService | None = None
+        if config.discovery is not None:
+            from discovery.service import DiscoveryService, open_index
+
+            self.discovery = DiscoveryService(
+                open_index(config.data_dir),
+                music if music is not None else _music_chain_from_config(config),
+                gossip=self.gossip,
+                oracle=self.oracle,
+                config=config.discovery,
+                stream_base=lambda: self.gateway_url,
+            )
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -333,6 +402,13 @@ class Node(_Peer):
                 await nursery.start(self.replicator.run)
                 nursery.start_soon(self._keep_degree_loop)
                 nursery.start_soon(self._collect_loop)
+                if self.discovery is not None:
+                    from protocols import discovery as discovery_proto
+
+                    await nursery.start(self.discovery.run)
+                    self.host.set_handler(
+                        discovery_proto.PROTOCOL, self._gated(self.discovery.serve_stream)
+                    )
                 if self.config.gateway is not None:
                     from gateway import Gateway, GatewayConfig
 
@@ -343,6 +419,8 @@ class Node(_Peer):
         finally:
             self._save_recent()
             self.store.close()
+            if self.discovery is not None:
+                self.discovery.close()
 
     def _save_recent(self) -> None:
         try:

@@ -9,6 +9,7 @@ exit. Progress goes to stderr, so ``coliving cat CID | ffplay -`` plays.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -51,6 +52,12 @@ app.add_typer(node_app, name="node")
 app.add_typer(operator_app, name="operator")
 app.add_typer(chain_app, name="chain")
 app.add_typer(simnet_app, name="simnet")
+discovery_app = typer.Typer(
+    help="Run a discovery node: index the chain's users, tracks and playlists, answer "
+    "queries (/v1 on the gateway, and over libp2p), count plays.",
+    no_args_is_help=True,
+)
+app.add_typer(discovery_app, name="discovery")
 err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
@@ -256,6 +263,14 @@ def node_run(
             "before removing them, such as 2GiB (default 1GiB; cache_bytes in node.toml).",
         ),
     ] = None,
+    discovery: Annotated[
+        bool,
+        typer.Option(
+            "--discovery",
+            help="Also take the discovery role (needs --rpc and --deployment; "
+            "settings in [discovery] of node.toml).",
+        ),
+    ] = False,
     verbose: Verbose = False,
 ) -> None:
     """Run a content node until Ctrl-C.
@@ -278,6 +293,10 @@ def node_run(
             gateway=gateway,
             cache_bytes=cache,
         )
+        if discovery and config.discovery is None:
+            from discovery.service import DiscoveryConfig
+
+            config = dataclasses.replace(config, discovery=DiscoveryConfig())
         node = Node(config)
         async with trio.open_nursery() as nursery:
             await _check_chain(node)
@@ -289,12 +308,69 @@ def node_run(
                 typer.echo(addr)
             if node.gateway is not None:
                 err.print(f"gateway {node.gateway_url}  player {node.gateway.player_url}")
+            if node.discovery is not None:
+                where = f"{node.gateway_url}/v1" if node.gateway is not None else "libp2p only"
+                err.print(f"discovery: indexing {config.rpc}; API {where}")
             try:
                 await trio.sleep_forever()
             finally:
                 (path / "node.addr").unlink(missing_ok=True)
 
     run_async(main)
+
+
+@discovery_app.command("run")
+def discovery_run(
+    data_dir: DataDir = None,
+    listen: Annotated[
+        list[str] | None,
+        typer.Option("--listen", "-l", help="Multiaddr to listen on (repeatable)."),
+    ] = None,
+    bootstrap: Annotated[
+        list[str] | None, typer.Option("--bootstrap", "-b", help="Peer multiaddr to dial at start.")
+    ] = None,
+    rpc: Annotated[
+        str | None,
+        typer.Option(envvar="COLIVING_RPC", help="JSON-RPC URL of the chain to index."),
+    ] = None,
+    deployment: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="COLIVING_DEPLOYMENT",
+            help="The deployment file naming the contracts (coliving chain deploy).",
+        ),
+    ] = None,
+    gateway: Annotated[
+        str,
+        typer.Option(
+            "--gateway",
+            metavar="HOST:PORT",
+            help="Serve the query API under /v1 here (and /health, /metrics, /ipfs/CID).",
+        ),
+    ] = "127.0.0.1:8080",
+    verbose: Verbose = False,
+) -> None:
+    """Run a discovery node until Ctrl-C: a node with the discovery role.
+
+    It indexes the EntityManager events of the chain (--rpc, --deployment),
+    waiting for `confirmations` blocks and undoing reorgs, and serves the
+    query API. `/health` shows the indexed block, the index digest and the
+    lag behind the chain. Register it on chain as a `discovery-node`
+    (`coliving operator register --type discovery-node`) for its peers to
+    accept the plays it shares.
+    """
+    node_run(
+        data_dir=data_dir,
+        listen=listen,
+        bootstrap=bootstrap,
+        allow=None,
+        rpc=rpc,
+        deployment=deployment,
+        gateway=gateway,
+        cache=None,
+        discovery=True,
+        verbose=verbose,
+    )
 
 
 @node_app.command("compact")

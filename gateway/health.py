@@ -55,6 +55,8 @@ async def health_body(node: Node) -> dict[str, Any]:
     return {
         "version": version(),
         "peer_id": node.peer_id,
+        # the discovery role: indexed block, index digest, lag behind the chain head
+        "discovery": None if node.discovery is None else node.discovery.health(),
         "eth_address": node.key.eth_address,
         "stake": None
         if stake is None

@@ -1,0 +1,179 @@
+"""The indexer on a real anvil: reorgs, and a discovery process killed mid-sync."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from chain.local import LocalChain, open_chain
+from discovery.indexer import IndexerConfig
+from store.index import Page
+from tests.anvil import rpc_call
+from tests.music import Discovery, Wallet, open_discovery
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def snapshot_of(d: Discovery) -> dict[str, Any]:
+    """What the index answers, for comparing two indexes."""
+    page = Page(limit=500)
+    users = [d.store.user(i) for i in range(1, 6)]
+    return {
+        "users": users,
+        "tracks": [d.store.track(i) for i in range(10, 40)],
+        "followers": [d.store.followers(i, page) for i in range(1, 6)],
+        "search": d.store.search_tracks("song", page),
+        "rejections": [r.reason for r in d.store.rejections(page)],
+    }
+
+
+async def test_reorg_leaves_the_index_of_the_final_chain(anvil_url: str, tmp_path: Path) -> None:
+    chain = await open_chain(anvil_url)
+    alice, bob, carol = Wallet(chain, 1), Wallet(chain, 2), Wallet(chain, 3)
+    await alice.sign_up("alice")
+    await bob.sign_up("bob")
+    live = open_discovery(chain, tmp_path / "live.sqlite")
+    await live.sync()
+    snap = rpc_call(anvil_url, "evm_snapshot")
+    # the branch that will be dropped: 4 blocks
+    await alice.upload(10, "Song one")
+    await bob.act("User", 1, "Follow")
+    await bob.act("Track", 10, "Repost")
+    await carol.sign_up("bob")  # refused (taken): rejections are undone too
+    await live.sync()
+    assert live.store.track(10) is not None
+    dropped_digest = live.store.digest()
+    assert rpc_call(anvil_url, "evm_revert", [snap]) is True
+    # a different, longer branch: 6 blocks
+    await carol.sign_up("carol")
+    await alice.upload(11, "Song two")
+    await carol.act("User", 1, "Follow")
+    await carol.act("Track", 11, "Save")
+    await bob.act("User", 3, "Follow")
+    await alice.upload(12, "Song three")
+    with trio.fail_after(30):
+        await live.sync()
+    assert live.indexer.reorgs == 1 and live.indexer.undone >= 1
+    assert live.store.track(10) is None
+    fresh = open_discovery(chain, tmp_path / "fresh.sqlite")
+    await fresh.sync()
+    assert live.store.digest() == fresh.store.digest() != dropped_digest
+    assert snapshot_of(live) == snapshot_of(fresh)
+
+
+async def test_reorg_deeper_than_the_confirmations(anvil_url: str, tmp_path: Path) -> None:
+    chain = await open_chain(anvil_url)
+    alice = Wallet(chain, 1)
+    await alice.sign_up("alice")
+    snap = rpc_call(anvil_url, "evm_snapshot")
+    for i in range(6):
+        await alice.upload(10 + i, f"Song {i}")
+    live = open_discovery(chain, tmp_path / "live.sqlite", config=IndexerConfig(confirmations=2))
+    await live.sync_to(await chain.block_number() - 2)
+    assert live.store.track(13) is not None
+    rpc_call(anvil_url, "evm_revert", [snap])
+    for i in range(8):
+        await alice.upload(20 + i, f"Song {i}")
+    await live.sync_to(await chain.block_number() - 2)
+    assert live.indexer.reorgs == 1
+    fresh = open_discovery(chain, tmp_path / "fresh.sqlite", config=IndexerConfig(confirmations=2))
+    await fresh.sync_to(await chain.block_number() - 2)
+    assert live.store.digest() == fresh.store.digest()
+    assert live.store.track(13) is None and live.store.track(25) is not None
+
+
+def _health(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url}/health", timeout=5) as reply:
+        body: dict[str, Any] = json.loads(reply.read())["health"]
+    return body
+
+
+def _start(data_dir: Path, rpc: str, deployment: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`coliving discovery run` in its own process; its gateway URL."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import node; node.main()",
+            "discovery",
+            "run",
+            "--data-dir",
+            str(data_dir),
+            "--rpc",
+            rpc,
+            "--deployment",
+            str(deployment),
+            "--gateway",
+            "127.0.0.1:0",
+        ],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "COLIVING_HOME": str(data_dir)},
+    )
+    assert process.stderr is not None
+    deadline = time.monotonic() + 60
+    for raw in process.stderr:
+        line = raw.decode(errors="replace")
+        if line.startswith("gateway "):
+            url = line.split()[1]
+            # keep draining stderr so the child never blocks on a full pipe
+            os.set_blocking(process.stderr.fileno(), False)
+            return process, url
+        if time.monotonic() > deadline:
+            break
+    process.kill()
+    raise AssertionError("the discovery process did not start")
+
+
+async def _chain_with_actions(anvil_url: str, count: int) -> LocalChain:
+    chain = await open_chain(anvil_url)
+    users = [Wallet(chain, i + 1) for i in range(5)]
+    for u in users:
+        await u.sign_up(f"user{u.user_id}")
+    for i in range(count):
+        await users[i % 5].upload(100 + i, f"Song {i}")
+    return chain
+
+
+@pytest.mark.slow
+async def test_sigkill_mid_sync_restarts_to_the_same_digest(anvil_url: str, tmp_path: Path) -> None:
+    chain = await _chain_with_actions(anvil_url, 200)
+    deployment = tmp_path / "deployment.json"
+    deployment.write_text(chain.deployment.to_json())
+    data_dir = tmp_path / "disco"
+    data_dir.mkdir()
+    (data_dir / "node.toml").write_text("[discovery]\nbatch_blocks = 2\npoll_interval = 0.05\n")
+    head = await chain.block_number()
+    process, url = _start(data_dir, anvil_url, deployment)
+    try:
+        with trio.fail_after(60):
+            while True:
+                block = _health(url)["discovery"]["block"]
+                if block is not None and block > chain.deployment.entity_manager_block + 20:
+                    break
+                await trio.sleep(0.05)  # polling another process's HTTP: no event to wait on
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        assert block < head, "the indexer finished before the kill; the test proves nothing"
+        process, url = _start(data_dir, anvil_url, deployment)
+        with trio.fail_after(90):
+            while (health := _health(url)["discovery"])["block"] != head:
+                await trio.sleep(0.05)
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+    fresh = open_discovery(chain, tmp_path / "fresh.sqlite")
+    await fresh.sync()
+    assert health["digest"] == fresh.store.digest().hex()

@@ -18,12 +18,16 @@ A client reports a listen to one discovery node (``POST
 
 Accepted listens are counted here and published every ``batch_interval``
 (at most ``max_batch`` a batch) on gossipsub ``/coliving/listens/1``
-(:mod:`protocols.listens`). A batch is taken only from an origin the stake
-oracle counts as a staked discovery node; one that does not parse counts
-against its origin (``on_malformed``, the node's peer conduct). Each listen
-of an accepted batch is checked again as above (anonymous ones are trusted
-to their staked origin, but for the track and the time bounds) and counted
-through the same deduplication.
+(:mod:`protocols.listens`); while no peer is in this node's mesh for the
+topic they wait (gossipsub would drop a publish to an empty mesh), at most
+``max_pending`` of them, the oldest dropped first (counted here, unshared).
+
+A batch is taken only from an origin the stake oracle counts as a staked
+discovery node; one that does not parse counts against its origin
+(``on_malformed``, the node's peer conduct). Each listen of an accepted
+batch is checked again as above (anonymous ones are trusted to their staked
+origin, but for the track and the time bounds) and counted through the
+same deduplication; gossipsub forwards the batch, nobody publishes it again.
 
 Counting rule (the same at every node, whatever order listens arrive in):
 

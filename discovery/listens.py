@@ -238,11 +238,51 @@ class Expiring(Generic[K]):
 
 
 @dataclass(frozen=True, slots=True)
-class _Admitted:
+class Admitted:
+    """What :meth:`PlayCounter.admit` made of one accepted listen."""
+
     fresh: bool  # an id not seen before (ours to publish, if reported here)
     counts: bool  # a play
     ident: bytes
-    window: tuple[int, int, int] | None  # (user, track, window) it fell in, if signed
+    window: tuple[int, int, int] | None  # the (user, track, window) it fell in, if signed
+
+
+class PlayCounter:
+    """The counting rule (module docstring): each listen id once, each
+    (user, track, window) of a signed listen once; bounded, in memory."""
+
+    def __init__(self, *, max_age: float, max_remembered: int) -> None:
+        self.max_age = max_age
+        self._seen = Expiring[bytes](max_remembered)
+        self._windows = Expiring[tuple[int, int, int]](max_remembered)
+
+    def admit(self, listen: Listen, ident: bytes, window: int, now: float) -> Admitted:
+        """Record an accepted listen (``window``: its track's counting window
+        in seconds). Sync: for trio, the test and the record are one step."""
+        self._seen.prune(now)
+        self._windows.prune(now)
+        if ident in self._seen:
+            return Admitted(fresh=False, counts=False, ident=ident, window=None)
+        # no listen older than max_age is accepted: past that, this id cannot recur
+        self._seen.add(ident, listen.timestamp + self.max_age + 1)
+        if isinstance(listen, AnonymousListen):
+            return Admitted(fresh=True, counts=True, ident=ident, window=None)
+        slot = listen.timestamp // window
+        key = (listen.user_id, listen.track_id, slot)
+        if key in self._windows:
+            return Admitted(fresh=False, counts=False, ident=ident, window=key)
+        # nor one of this window, once its last second is older than max_age
+        self._windows.add(key, (slot + 1) * window + self.max_age + 1)
+        return Admitted(fresh=True, counts=True, ident=ident, window=key)
+
+    def forget(self, admitted: Admitted) -> None:
+        """Undo a counted admission (its play could not be stored)."""
+        self._seen.discard(admitted.ident)
+        if admitted.window is not None:
+            self._windows.discard(admitted.window)
+
+    def __len__(self) -> int:
+        return len(self._seen) + len(self._windows)
 
 
 def listen_id(listen: Listen, chain_id: int) -> bytes:
@@ -312,8 +352,7 @@ class ListenService:
         self._reports = TokenBuckets[str](
             cfg.report_rate, cfg.report_burst, max_keys=cfg.max_clients
         )
-        self._seen = Expiring[bytes](cfg.max_remembered)
-        self._windows = Expiring[tuple[int, int, int]](cfg.max_remembered)
+        self.counter = PlayCounter(max_age=cfg.max_age, max_remembered=cfg.max_remembered)
         self._pending: list[Listen] = []
         self._wake = trio.Event()
         self._own: OrderedDict[bytes, None] = OrderedDict()
@@ -479,29 +518,13 @@ class ListenService:
             seconds = math.ceil(duration)
         return max(seconds, self.config.min_window)
 
-    def _admit(self, listen: Listen, ident: bytes, window: int, now: float) -> _Admitted:
-        """Record an accepted listen. No checkpoint inside: for trio, the test
-        and the record are one step."""
-        max_age = self.config.max_age
-        self._seen.prune(now)
-        self._windows.prune(now)
-        if ident in self._seen:
-            self._bump("duplicate")
-            return _Admitted(fresh=False, counts=False, ident=ident, window=None)
-        # no listen older than max_age is accepted: past that, this id cannot recur
-        self._seen.add(ident, listen.timestamp + max_age + 1)
-        if isinstance(listen, AnonymousListen):
-            return _Admitted(fresh=True, counts=True, ident=ident, window=None)
-        slot = listen.timestamp // window
-        key = (listen.user_id, listen.track_id, slot)
-        if key in self._windows:
-            self._bump("repeated")
-            return _Admitted(fresh=False, counts=False, ident=ident, window=key)
-        # nor one of this window, once its last second is older than max_age
-        self._windows.add(key, (slot + 1) * window + max_age + 1)
-        return _Admitted(fresh=True, counts=True, ident=ident, window=key)
+    def _admit(self, listen: Listen, ident: bytes, window: int, now: float) -> Admitted:
+        admitted = self.counter.admit(listen, ident, window, now)
+        if not admitted.counts:
+            self._bump("duplicate" if admitted.window is None else "repeated")
+        return admitted
 
-    async def _add_plays(self, counted: Sequence[tuple[int, _Admitted]]) -> None:
+    async def _add_plays(self, counted: Sequence[tuple[int, Admitted]]) -> None:
         counts: dict[int, int] = {}
         for track_id, _ in counted:
             counts[track_id] = counts.get(track_id, 0) + 1
@@ -512,9 +535,7 @@ class ListenService:
         except BaseException:
             # not counted: forgotten, so that the same listens may count later
             for _, admitted in counted:
-                self._seen.discard(admitted.ident)
-                if admitted.window is not None:
-                    self._windows.discard(admitted.window)
+                self.counter.forget(admitted)
             raise
         self._bump("counted", len(counted))
 
@@ -542,7 +563,7 @@ class ListenService:
             else:
                 self._bump("rejected")
         verdicts = await self._verify(timely) if timely else []
-        counted: list[tuple[int, _Admitted]] = []
+        counted: list[tuple[int, Admitted]] = []
         for listen, verdict in zip(timely, verdicts, strict=True):
             if isinstance(verdict, str):
                 self._bump("rejected")

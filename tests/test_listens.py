@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from random import Random
 
 import cbor2
 import pytest
@@ -30,6 +31,7 @@ from discovery.listens import (
     ListenRejected,
     ListenService,
     ListenStats,
+    PlayCounter,
     RateLimited,
     TokenBuckets,
     listen_id,
@@ -211,6 +213,40 @@ def test_expiring_set_forgets_at_expiry_and_the_soonest_first() -> None:
     seen.add("late", 50.0)  # re-added after a discard: the stale heap entry is skipped
     seen.prune(45.0)
     assert "late" in seen and "later" not in seen
+
+
+@given(
+    st.lists(st.tuples(st.integers(1, 3), st.integers(1, 2), st.integers(0, 2000)), max_size=40),
+    st.randoms(use_true_random=False),
+)
+@settings(max_examples=200, deadline=None)
+def test_the_count_does_not_depend_on_arrival_order(
+    listens: list[tuple[int, int, int]], rng: Random
+) -> None:
+    """Whatever the order (and the copies), a node counts one play per (user,
+    track, window): the same at every node that accepted the same listens."""
+    window = 180
+    arrivals = [SignedListen(u, t, ts, b"") for u, t, ts in listens]
+    arrivals += rng.sample(arrivals, len(arrivals) // 2)  # some arrive twice
+    rng.shuffle(arrivals)
+    counter = PlayCounter(max_age=86_400, max_remembered=1000)
+    counted = sum(counter.admit(x, listen_id(x, 1), window, now=2000).counts for x in arrivals)
+    assert counted == len({(u, t, ts // window) for u, t, ts in listens})
+
+
+def test_the_counter_forgets_what_can_no_longer_recur() -> None:
+    counter = PlayCounter(max_age=100, max_remembered=1000)
+    first = SignedListen(1, 1, 1000, b"")
+    assert counter.admit(first, listen_id(first, 1), 60, now=1000).counts
+    assert len(counter) == 2  # its id and its window (960..1019)
+    # 100 s after the window's last second nothing of it can be accepted: forgotten
+    later = SignedListen(1, 1, 1200, b"")
+    assert counter.admit(later, listen_id(later, 1), 60, now=1121).counts
+    assert len(counter) == 2
+    # a play that could not be stored is forgotten, so that it can count again
+    admitted = counter.admit(SignedListen(2, 1, 1200, b""), b"x", 60, now=1200)
+    counter.forget(admitted)
+    assert counter.admit(SignedListen(2, 1, 1200, b""), b"x", 60, now=1200).counts
 
 
 def test_config_is_checked() -> None:

@@ -20,7 +20,8 @@ ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
 TOKEN = "ColivingToken"
 SERVICE_TYPE_MANAGER = "ServiceTypeManager"
 REGISTRY = "ServiceProviderRegistry"
-CONTRACT_NAMES = (TOKEN, SERVICE_TYPE_MANAGER, REGISTRY)
+ENTITY_MANAGER = "EntityManager"
+CONTRACT_NAMES = (TOKEN, SERVICE_TYPE_MANAGER, REGISTRY, ENTITY_MANAGER)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """Deploying the contracts, and the helpers every deployment needs.
 
-``deploy_all`` puts the token, the service type manager and the registry on a
-chain in one call (sync web3: run it at start-up, or off the trio loop) and
-returns a :class:`Deployment`, which serialises to the JSON file a node reads
-to find the contracts on a real chain. ``embedded_web3`` makes the in-process
+``deploy_all`` puts the token, the service type manager, the registry and the
+music layer's EntityManager on a chain in one call (sync web3: run it at
+start-up, or off the trio loop) and returns a :class:`Deployment`, which
+serialises to the JSON file a node reads to find the contracts on a real
+chain. ``embedded_web3`` makes the in-process
 py-evm chain (eth-tester) that the embedded mode and the tests use.
 
 Identity: a provider's *delegate* is the Ethereum account of its node's
@@ -30,7 +31,14 @@ from web3 import Web3
 from web3.contract import Contract
 from web3.types import TxReceipt
 
-from chain.abi import REGISTRY, SERVICE_TYPE_MANAGER, TOKEN, load_abi, load_bytecode
+from chain.abi import (
+    ENTITY_MANAGER,
+    REGISTRY,
+    SERVICE_TYPE_MANAGER,
+    TOKEN,
+    load_abi,
+    load_bytecode,
+)
 
 LIVE = 10**18  # one token in base units (18 decimals)
 CONTENT_NODE = "content-node"
@@ -60,6 +68,10 @@ class Deployment:
     governance: ChecksumAddress
     # the block the registry was deployed in: indexers read logs from here
     start_block: int = 0
+    # the music layer's data contract (None in files written before it existed)
+    entity_manager: ChecksumAddress | None = None
+    # the block it was deployed in: the discovery indexer starts there
+    entity_manager_block: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -75,6 +87,12 @@ class Deployment:
                 chain_id=int(raw["chain_id"]),
                 governance=to_checksum_address(raw["governance"]),
                 start_block=int(raw.get("start_block", 0)),
+                entity_manager=(
+                    to_checksum_address(raw["entity_manager"])
+                    if raw.get("entity_manager") is not None
+                    else None
+                ),
+                entity_manager_block=int(raw.get("entity_manager_block", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a deployment file: {exc}") from None
@@ -186,7 +204,7 @@ def deploy_all(
     decrease_lockup_blocks: int = 10,
     undelegate_lockup_blocks: int = 10,
 ) -> Deployment:
-    """Deploys token, service type manager and registry; configures the types.
+    """Deploys token, type manager, registry and EntityManager; configures the types.
 
     The whole supply goes to ``deployer``. ``governance`` (default: the
     deployer) governs both the type manager and the registry: it slashes,
@@ -208,6 +226,8 @@ def deploy_all(
         )
     if gov != me:
         send(w3, deployer, manager.functions.setGovernance(gov))
+    # last, so the staking contracts' addresses and blocks are as before it existed
+    entity_manager, entity_block = _deploy(w3, deployer, ENTITY_MANAGER)
     return Deployment(
         token=token,
         service_types=types,
@@ -215,6 +235,8 @@ def deploy_all(
         chain_id=w3.eth.chain_id,
         governance=gov,
         start_block=block,
+        entity_manager=entity_manager,
+        entity_manager_block=entity_block,
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from web3 import Web3
 
+from chain.abi import ENTITY_MANAGER, load_abi
 from chain.access import EMBEDDED, ChainAccess, ChainConfig, ChainUnavailable, connect
 from chain.deploy import (
     CONTENT_NODE,
@@ -28,6 +29,8 @@ from chain.deploy import (
     register_provider,
     send,
 )
+from chain.entity import SignedAction
+from chain.errors import decode_revert
 from chain.stake import ChainStakeOracle
 from p2p.host import peer_id_of_key
 from p2p.keys import NodeKey
@@ -87,6 +90,29 @@ class LocalChain:
 
     async def slash(self, key: NodeKey, amount: int) -> None:
         await self._transact(lambda c: c.registry.functions.slash(key.eth_address, amount))
+
+    async def submit(self, signed: SignedAction) -> int:
+        """Relays a signed ``manageEntity`` call from the governance account;
+        the block it landed in. A revert raises its decoded ChainRevert
+        (``InvalidSignature``, ``NonceAlreadyUsed``, ...)."""
+        contract = self.deployment.entity_manager
+        if contract is None:
+            raise ChainUnavailable("this deployment has no EntityManager contract")
+
+        def run(w3: Web3) -> int:
+            manager = w3.eth.contract(address=contract, abi=load_abi(ENTITY_MANAGER))
+            try:
+                receipt = send(
+                    w3, self.governance, manager.functions.manageEntity(*signed.call_args())
+                )
+            except Exception as exc:
+                revert = decode_revert(exc)
+                if revert is None:
+                    raise
+                raise revert from None
+            return int(receipt["blockNumber"])
+
+        return await self.access.run(run)
 
     async def block_number(self) -> int:
         return await self.access.run(lambda w3: int(w3.eth.block_number))

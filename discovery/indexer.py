@@ -232,6 +232,15 @@ class Indexer:
             by_block.setdefault(event.block_number, []).append(event)
         await trio.to_thread.run_sync(self._apply, by_block, headers, last, limiter=self._limiter)
         self._moved()
+        assert self._tip is not None
+        log.info(
+            "indexed to block %d, digest %s (%d actions in %d..%d)",
+            self._tip.number,
+            self._tip.digest.hex(),
+            len(events),
+            first,
+            last,
+        )
         return True
 
     def _apply(self, by_block: dict[int, list[Any]], headers: dict[int, Any], last: int) -> None:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import os
+import re
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -92,49 +89,57 @@ async def test_reorg_deeper_than_the_confirmations(anvil_url: str, tmp_path: Pat
     assert live.store.track(13) is None and live.store.track(25) is not None
 
 
-def _health(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{url}/health", timeout=5) as reply:
-        body: dict[str, Any] = json.loads(reply.read())["health"]
-    return body
+_INDEXED = re.compile(r"indexed to block (\d+), digest ([0-9a-f]{64})")
 
 
-def _start(data_dir: Path, rpc: str, deployment: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """`coliving discovery run` in its own process; its gateway URL."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import node; node.main()",
-            "discovery",
-            "run",
-            "--data-dir",
-            str(data_dir),
-            "--rpc",
-            rpc,
-            "--deployment",
-            str(deployment),
-            "--gateway",
-            "127.0.0.1:0",
-        ],
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "COLIVING_HOME": str(data_dir)},
-    )
-    assert process.stderr is not None
-    deadline = time.monotonic() + 60
-    for raw in process.stderr:
-        line = raw.decode(errors="replace")
-        if line.startswith("gateway "):
-            url = line.split()[1]
-            # keep draining stderr so the child never blocks on a full pipe
-            os.set_blocking(process.stderr.fileno(), False)
-            return process, url
-        if time.monotonic() > deadline:
-            break
-    process.kill()
-    raise AssertionError("the discovery process did not start")
+class DiscoveryProcess:
+    """`coliving discovery run -v` in its own process; reads its progress lines."""
+
+    def __init__(self, data_dir: Path, rpc: str, deployment: Path) -> None:
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import node; node.main()",
+                "discovery",
+                "run",
+                "--data-dir",
+                str(data_dir),
+                "--rpc",
+                rpc,
+                "--deployment",
+                str(deployment),
+                "--gateway",
+                "127.0.0.1:0",
+                "-v",
+            ],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    def _next_indexed(self) -> tuple[int, str]:
+        assert self.process.stderr is not None
+        for raw in self.process.stderr:
+            if match := _INDEXED.search(raw.decode(errors="replace")):
+                return int(match.group(1)), match.group(2)
+        raise AssertionError(f"the discovery process exited ({self.process.wait()})")
+
+    async def indexed(self, at_least: int) -> tuple[int, str]:
+        """The first progress line at or past block ``at_least``: (block, digest)."""
+        while True:
+            block, digest = await trio.to_thread.run_sync(
+                self._next_indexed, abandon_on_cancel=True
+            )
+            if block >= at_least:
+                return block, digest
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
 
 
 async def _chain_with_actions(anvil_url: str, count: int) -> LocalChain:
@@ -156,24 +161,19 @@ async def test_sigkill_mid_sync_restarts_to_the_same_digest(anvil_url: str, tmp_
     data_dir.mkdir()
     (data_dir / "node.toml").write_text("[discovery]\nbatch_blocks = 2\npoll_interval = 0.05\n")
     head = await chain.block_number()
-    process, url = _start(data_dir, anvil_url, deployment)
+    first = DiscoveryProcess(data_dir, anvil_url, deployment)
     try:
         with trio.fail_after(60):
-            while True:
-                block = _health(url)["discovery"]["block"]
-                if block is not None and block > chain.deployment.entity_manager_block + 20:
-                    break
-                await trio.sleep(0.05)  # polling another process's HTTP: no event to wait on
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=10)
-        assert block < head, "the indexer finished before the kill; the test proves nothing"
-        process, url = _start(data_dir, anvil_url, deployment)
-        with trio.fail_after(90):
-            while (health := _health(url)["discovery"])["block"] != head:
-                await trio.sleep(0.05)
+            block, _ = await first.indexed(chain.deployment.entity_manager_block + 20)
     finally:
-        process.kill()
-        process.wait(timeout=10)
+        first.kill()
+    assert block < head, "the indexer finished before the kill; the test proves nothing"
+    second = DiscoveryProcess(data_dir, anvil_url, deployment)
+    try:
+        with trio.fail_after(90):
+            _, digest = await second.indexed(head)
+    finally:
+        second.kill()
     fresh = open_discovery(chain, tmp_path / "fresh.sqlite")
     await fresh.sync()
-    assert health["digest"] == fresh.store.digest().hex()
+    assert digest == fresh.store.digest().hex()

@@ -190,21 +190,34 @@ def parse_size(value: object, name: str) -> int:
 def discovery_config(raw: dict[str, Any] | bool, where: Path) -> DiscoveryConfig | None:
     """``[discovery]`` of node.toml (or ``true`` for the defaults) as a DiscoveryConfig."""
     from discovery.indexer import IndexerConfig
+    from discovery.listens import ListenConfig
     from discovery.service import DiscoveryConfig
 
     if raw is False:
         return None
     table = {} if raw is True else dict(raw)
+    listens = table.pop("listens", {})
+    if not isinstance(listens, dict):
+        raise ConfigError(f"{where}: [discovery.listens] must be a table")
     indexer_keys = {f.name for f in fields(IndexerConfig)}
     own_keys = {"trending_interval"}
     if unknown := sorted(set(table) - indexer_keys - own_keys):
         raise ConfigError(
             f"{where}: unknown keys in [discovery]: {unknown}; "
-            f"known: {sorted(indexer_keys | own_keys)}"
+            f"known: {sorted(indexer_keys | own_keys | {'listens'})}"
+        )
+    listen_keys = {f.name for f in fields(ListenConfig)}
+    if unknown := sorted(set(listens) - listen_keys):
+        raise ConfigError(
+            f"{where}: unknown keys in [discovery.listens]: {unknown}; known: {sorted(listen_keys)}"
         )
     try:
         indexer = IndexerConfig(**{k: v for k, v in table.items() if k in indexer_keys})
-        return DiscoveryConfig(indexer=indexer, **{k: v for k, v in table.items() if k in own_keys})
+        return DiscoveryConfig(
+            indexer=indexer,
+            listens=ListenConfig(**listens),
+            **{k: v for k, v in table.items() if k in own_keys},
+        )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: [discovery]: {exc}") from None
 
@@ -381,6 +394,7 @@ class Node(_Peer):
                 oracle=self.oracle,
                 config=config.discovery,
                 stream_base=lambda: self.gateway_url,
+                on_malformed=functools.partial(self._malformed, "listens"),
             )
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

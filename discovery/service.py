@@ -25,6 +25,7 @@ from discovery.api import DiscoveryAPI
 from discovery.indexer import ChainSource, Indexer, IndexerConfig
 from discovery.listens import ListenConfig, ListenService
 from p2p.abc import GossipLike, Stream, TaskStatus
+from p2p.keys import PeerId
 from protocols import discovery as discovery_proto
 from store.index import IndexStore
 
@@ -73,6 +74,7 @@ class DiscoveryService:
         oracle: StakeOracle,
         config: DiscoveryConfig | None = None,
         stream_base: Callable[[], str | None] = lambda: None,
+        on_malformed: Callable[[PeerId, str], None] | None = None,
     ) -> None:
         self.store = store
         self.chain = chain
@@ -82,7 +84,12 @@ class DiscoveryService:
         )
         self.api = DiscoveryAPI(store, status=self.indexer.status, stream_base=stream_base)
         self.listens = ListenService(
-            store, gossip, oracle, chain_id=chain.chain_id, config=self.config.listens
+            store,
+            gossip,
+            oracle,
+            chain_id=chain.chain_id,
+            config=self.config.listens,
+            on_malformed=on_malformed,
         )
         self.trending_refreshed = trio.Event()  # set after each refresh (tests wait on it)
 

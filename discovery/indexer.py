@@ -135,6 +135,7 @@ class Indexer:
         self.last_error: str | None = None
         self._tip: BlockRef | None = store.tip()
         self._progress = trio.Event()  # set whenever the tip moves (or a reorg undoes)
+        self._errored = trio.Event()  # set at every chain error (tests wait on it)
         self._limiter = trio.CapacityLimiter(1)  # the store writes from one thread
 
     # -- state ---------------------------------------------------------------
@@ -178,6 +179,10 @@ class Indexer:
             await self._progress.wait()
         return self._tip
 
+    async def wait_for_error(self) -> None:
+        """Wait for the next chain error (a failed read, retried)."""
+        await self._errored.wait()
+
     def _moved(self) -> None:
         self._progress.set()
         self._progress = trio.Event()
@@ -193,6 +198,8 @@ class Indexer:
             except (ChainUnavailable, ChainMoved) as exc:
                 self.chain_errors += 1
                 self.last_error = str(exc)
+                self._errored.set()
+                self._errored = trio.Event()
                 log.warning("indexer: %s; retrying in %.1f s", exc, backoff)
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, self.config.retry_max)

@@ -89,6 +89,90 @@ async def test_reorg_deeper_than_the_confirmations(anvil_url: str, tmp_path: Pat
     assert live.store.track(13) is None and live.store.track(25) is not None
 
 
+class Cuttable:
+    """A TCP forwarder to ``target`` on 127.0.0.1 that the test can cut (every
+    connection reset, new ones refused) and restore: an RPC that goes away."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.up = True
+        self.port = 0
+        self._scopes: set[trio.CancelScope] = set()
+        self.restored = trio.Event()
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        if not self.up:
+            await client.aclose()
+            return
+        with trio.CancelScope() as scope:
+            self._scopes.add(scope)
+            try:
+                up = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+                async with client, up, trio.open_nursery() as nursery:
+                    nursery.start_soon(self._pipe, client, up, nursery)
+                    nursery.start_soon(self._pipe, up, client, nursery)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            finally:
+                self._scopes.discard(scope)
+
+    @staticmethod
+    async def _pipe(src: trio.SocketStream, dst: trio.SocketStream, nursery: trio.Nursery) -> None:
+        async for data in src:
+            await dst.send_all(data)
+        nursery.cancel_scope.cancel()
+
+    def cut(self) -> None:
+        self.up = False
+        for scope in list(self._scopes):
+            scope.cancel()
+
+    def restore(self) -> None:
+        self.up = True
+
+
+async def test_an_rpc_that_goes_away_mid_sync_is_retried(anvil_url: str, tmp_path: Path) -> None:
+    from chain.entity import RpcReader
+    from discovery.indexer import Indexer
+    from store.sqlite_index import SqliteIndex
+
+    chain = await _chain_with_actions(anvil_url, 60)
+    head = await chain.block_number()
+    proxy = Cuttable(int(anvil_url.rsplit(":", 1)[1]))
+    store = SqliteIndex(tmp_path / "live.sqlite")
+    config = IndexerConfig(batch_blocks=5, poll_interval=0.05, retry_min=0.05, retry_max=0.2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxy.serve)
+        reader = RpcReader(f"http://127.0.0.1:{proxy.port}", chain.deployment, timeout=2.0)
+        indexer = Indexer(
+            store, reader, start_block=chain.deployment.entity_manager_block, config=config
+        )
+        await nursery.start(indexer.run)
+        with trio.fail_after(60):
+            await indexer.wait_for(chain.deployment.entity_manager_block + 10)
+            proxy.cut()
+            while indexer.chain_errors < 3:  # the indexer's own retries, each a failed read
+                await indexer.wait_for_error()
+            stuck = indexer.tip
+            assert stuck is not None and stuck.number < head
+            assert indexer.stats().last_error is not None
+            proxy.restore()
+            await indexer.wait_for(head)
+        nursery.cancel_scope.cancel()
+    await reader.aclose()
+    fresh = open_discovery(chain, tmp_path / "fresh.sqlite")
+    await fresh.sync()
+    assert store.digest() == fresh.store.digest()
+    assert indexer.stats().last_error is None
+    store.close()
+
+
 _INDEXED = re.compile(r"indexed to block (\d+), digest ([0-9a-f]{64})")
 
 

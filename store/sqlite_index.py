@@ -83,6 +83,7 @@ DAY: Final = 86_400
 WINDOWS: Final[dict[str, int | None]] = {"week": 7 * DAY, "month": 30 * DAY, "all": None}
 MAX_QUERY_WORDS: Final = 8
 _WORD = re.compile(r"\w+")
+_INT64: Final = -(2**63)
 _FTS = "tokenize='unicode61 remove_diacritics 2', prefix='2 3'"
 
 _SCHEMA = f"""
@@ -96,8 +97,8 @@ CREATE TABLE journal (
 ) WITHOUT ROWID;
 CREATE TABLE rejections (
     id INTEGER PRIMARY KEY, block INTEGER NOT NULL, log_index INTEGER NOT NULL,
-    tx_hash BLOB NOT NULL, user_id INTEGER NOT NULL, entity_type TEXT NOT NULL,
-    entity_id INTEGER NOT NULL, action TEXT NOT NULL, reason TEXT NOT NULL
+    tx_hash BLOB NOT NULL, user_id NOT NULL, entity_type TEXT NOT NULL,
+    entity_id NOT NULL, action TEXT NOT NULL, reason TEXT NOT NULL
 );
 CREATE INDEX rejections_block ON rejections (block);
 
@@ -310,10 +311,12 @@ class _Writer:
             r.action,
             r.reason,
         ]
+        # refused ids may be any uint256: those past SQLite's int64 are kept as text
+        stored = [str(v) if type(v) is int and not _INT64 <= v < -_INT64 else v for v in fields]
         self._store._wdb.execute(
             "INSERT INTO rejections (block, log_index, tx_hash, user_id, entity_type, entity_id,"
             " action, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            fields,
+            stored,
         )
         self.changes.append(fields)
 
@@ -598,7 +601,10 @@ class SqliteIndex:
                 " FROM rejections ORDER BY id DESC LIMIT ? OFFSET ?",
                 (page.limit, page.offset),
             ).fetchall()
-        return [Rejection(b, li, bytes(tx), u, et, ei, a, r) for b, li, tx, u, et, ei, a, r in rows]
+        return [
+            Rejection(int(b), int(li), bytes(tx), int(u), et, int(ei), a, r)
+            for b, li, tx, u, et, ei, a, r in rows
+        ]
 
     def bulk_load(
         self,

@@ -542,3 +542,12 @@ def test_bulk_load_matches_blocks(tmp_path: Path) -> None:
     assert {**snap, "rejections": []} == {**snapshot(blocks), "rejections": []}
     bulk.close()
     blocks.close()
+
+
+def test_rejections_keep_huge_ids(store: SqliteIndex) -> None:
+    c = Chain(store)
+    big = Rejection(1, 3, h(7), 2**256 - 1, "Track", 2**63, "Create", "entity id out of range")
+    c.block(("reject", rejection(1)), ("reject", big))
+    assert store.rejections(Page()) == [big, rejection(1)]
+    assert store.rejections(Page(limit=1, offset=1)) == [rejection(1)]
+    assert store.digest() != GENESIS_DIGEST

@@ -1085,50 +1085,41 @@ class SqliteIndex:
         n = page.offset + page.limit
         if n <= 0:
             return []
-        with self._read() as db:
-            activities: list[tuple[int, str, str, int, int]] = []
-            for table, kind, id_col in (
+        uploads = [
+            f"SELECT x.created_at AS at, 0 AS act, '{kind}' AS kind, x.{col} AS item,"
+            f" x.owner_id AS actor FROM follows f JOIN {table} x ON x.{col} IN"
+            f" (SELECT y.{col} FROM {table} y WHERE y.owner_id = f.followee_id"
+            f" AND y.deleted = 0 ORDER BY y.created_at DESC, y.{col} DESC LIMIT :n)"
+            " WHERE f.follower_id = :user"
+            for table, kind, col in (
                 ("tracks", "track", "track_id"),
                 ("playlists", "playlist", "playlist_id"),
-            ):
-                activities.extend(
-                    (at, "upload", kind, item_id, actor)
-                    for item_id, at, actor in db.execute(
-                        f"SELECT x.{id_col}, x.created_at, x.owner_id FROM follows f"
-                        f" JOIN {table} x ON x.{id_col} IN (SELECT y.{id_col} FROM {table} y"
-                        "  WHERE y.owner_id = f.followee_id AND y.deleted = 0"
-                        f"  ORDER BY y.created_at DESC, y.{id_col} DESC LIMIT ?)"
-                        " WHERE f.follower_id = ?",
-                        (n, user_id),
-                    )
-                )
-            activities.extend(
-                (at, "repost", kind, item_id, actor)
-                for kind, item_id, at, actor in db.execute(
-                    "SELECT r.kind, r.item_id, r.created_at, r.user_id FROM follows f"
-                    " JOIN reposts r ON r.user_id = f.followee_id"
-                    " AND (r.kind, r.item_id) IN (SELECT z.kind, z.item_id FROM reposts z"
-                    "  LEFT JOIN tracks t ON z.kind = 'track' AND t.track_id = z.item_id"
-                    "  LEFT JOIN playlists p ON z.kind = 'playlist' AND p.playlist_id = z.item_id"
-                    "  WHERE z.user_id = f.followee_id AND coalesce(t.deleted, p.deleted) = 0"
-                    "  ORDER BY z.created_at DESC, z.kind DESC, z.item_id DESC LIMIT ?)"
-                    " WHERE f.follower_id = ?",
-                    (n, user_id),
-                )
             )
-            # newest first; at equal times uploads before reposts, then newer ids
-            activities.sort(key=lambda a: (-a[0], a[1] != "upload", a[2], -a[3], a[4]))
-            seen: set[tuple[str, int]] = set()
-            chosen: list[tuple[int, str, str, int, int]] = []
-            for activity in activities:
-                item = (activity[2], activity[3])
-                if item in seen:
-                    continue
-                seen.add(item)
-                chosen.append(activity)
-                if len(chosen) >= n:
-                    break
-            chosen = chosen[page.offset :]
+        ]
+        reposts = (
+            "SELECT r.created_at, 1, r.kind, r.item_id, r.user_id FROM follows f"
+            " JOIN reposts r ON r.user_id = f.followee_id"
+            " AND (r.kind, r.item_id) IN (SELECT z.kind, z.item_id FROM reposts z"
+            " LEFT JOIN tracks t ON z.kind = 'track' AND t.track_id = z.item_id"
+            " LEFT JOIN playlists p ON z.kind = 'playlist' AND p.playlist_id = z.item_id"
+            " WHERE z.user_id = f.followee_id AND coalesce(t.deleted, p.deleted) = 0"
+            " ORDER BY z.created_at DESC, z.kind DESC, z.item_id DESC LIMIT :n)"
+            " WHERE f.follower_id = :user"
+        )
+        # newest first; at equal times uploads before reposts, then by kind, newer ids;
+        # each item at its first (newest) activity in that order
+        sql = (
+            f"SELECT at, act, kind, item, actor FROM (SELECT *, row_number() OVER"
+            " (PARTITION BY kind, item ORDER BY at DESC, act, actor) AS nth FROM"
+            f" ({' UNION ALL '.join([*uploads, reposts])})) WHERE nth = 1"
+            " ORDER BY at DESC, act, kind, item DESC, actor LIMIT :limit OFFSET :offset"
+        )
+        args = {"n": n, "user": user_id, "limit": page.limit, "offset": page.offset}
+        with self._read() as db:
+            chosen = [
+                (at, "repost" if act else "upload", kind, item, actor)
+                for at, act, kind, item, actor in db.execute(sql, args)
+            ]
             found = self._items(
                 db,
                 [

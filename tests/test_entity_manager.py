@@ -300,9 +300,9 @@ ENTITY_REVERT_CASES: dict[str, Case] = {
     "ActionTooLong": lambda env: env.sign(action="A" * (MAX_NAME + 1)),
 }
 ENTITY_EXPECTED_ARGS: dict[str, dict[str, Any]] = {
-    "MetadataTooLarge": {"length": MAX_METADATA + 1, "max": MAX_METADATA},
-    "EntityTypeTooLong": {"length": MAX_NAME + 1, "max": MAX_NAME},
-    "ActionTooLong": {"length": MAX_NAME + 1, "max": MAX_NAME},
+    "MetadataTooLarge": {"length": MAX_METADATA + 1, "limit": MAX_METADATA},
+    "EntityTypeTooLong": {"length": MAX_NAME + 1, "limit": MAX_NAME},
+    "ActionTooLong": {"length": MAX_NAME + 1, "limit": MAX_NAME},
 }
 
 

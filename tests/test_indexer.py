@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from chain.errors import ChainRevert
 from chain.local import LocalChain, open_chain
+from discovery import rules
 from store.index import Page
 from tests.music import CID_B, Discovery, Wallet, open_discovery, track_metadata
 
@@ -117,11 +119,21 @@ async def test_tracks(chain: LocalChain, disco: Discovery) -> None:
         "date": ("date", track_metadata(release_date="2026-13-01")),
         "tags": ("tags", track_metadata(tags=["t"] * 11)),
         "artwork": ("unknown sizes", track_metadata(artwork={"9x9": CID_B})),
-        "oversized": ("over 8192 bytes", track_metadata(description="é" * 4200)),
     }
     for i, (name, (reason, metadata)) in enumerate(bad.items()):
         got = await outcome(disco, alice.act("Track", 100 + i, "Create", metadata))
         assert reason in got, name
+    # oversized: the contract refuses it before the indexer sees it (and the
+    # rule refuses it from any contract that lets it through)
+    before = disco.indexer.applied + disco.indexer.rejected
+    oversized = track_metadata(description="é" * 4200)  # 8400 bytes
+    with pytest.raises(ChainRevert) as refused:
+        await alice.act("Track", 99, "Create", oversized)
+    assert refused.value.name == "MetadataTooLarge"
+    await disco.sync()
+    assert disco.indexer.applied + disco.indexer.rejected == before
+    with pytest.raises(rules.Refused, match="over 8192 bytes"):
+        rules.parse_metadata(oversized)
     # someone else's track
     assert "belongs to user 1" in await outcome(
         disco, bob.act("Track", 10, "Update", json.dumps({"title": "Mine"}))

@@ -44,9 +44,9 @@ contract EntityManager {
 
     error InvalidSignature();
     error NonceAlreadyUsed(bytes32 key);
-    error MetadataTooLarge(uint256 length, uint256 max);
-    error EntityTypeTooLong(uint256 length, uint256 max);
-    error ActionTooLong(uint256 length, uint256 max);
+    error MetadataTooLarge(uint256 length, uint256 limit);
+    error EntityTypeTooLong(uint256 length, uint256 limit);
+    error ActionTooLong(uint256 length, uint256 limit);
 
     constructor() {
         _deployedChainId = block.chainid;

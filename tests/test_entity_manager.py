@@ -10,6 +10,7 @@ against eth-account's EIP-712 encoder, and the readers decode the same events.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from collections.abc import Callable, Iterator
@@ -19,8 +20,11 @@ from typing import Any, cast
 
 import pytest
 import trio
+from eth_abi.abi import encode as abi_encode
 from eth_account import Account
 from eth_account.messages import encode_typed_data
+from hypothesis import given
+from hypothesis import strategies as st
 from web3 import Web3
 from web3.contract import Contract
 
@@ -34,6 +38,7 @@ from chain.entity import (
     MAX_NAME,
     EntityReader,
     SignedAction,
+    decode_event_data,
     domain_separator,
     recover_signer,
     sign_action,
@@ -402,3 +407,44 @@ async def test_reader_decodes_the_events_in_chain_order() -> None:
         Web3.keccak(text="ManageEntity(uint256,address,string,uint256,string,string)")
         == EVENT_TOPIC
     )
+
+
+@given(
+    st.text(max_size=40),
+    st.integers(min_value=0, max_value=2**256 - 1),
+    st.text(max_size=300),
+    st.text(max_size=40),
+)
+def test_event_data_decodes_as_eth_abi_does(t: str, entity_id: int, meta: str, action: str) -> None:
+    data = abi_encode(["string", "uint256", "string", "string"], [t, entity_id, meta, action])
+    assert decode_event_data(data) == (t, entity_id, meta, action)
+
+
+@given(st.binary(max_size=400))
+def test_event_data_garbage_is_a_value_error(data: bytes) -> None:
+    with contextlib.suppress(ValueError):
+        decode_event_data(data)
+
+
+def test_invalid_utf8_in_a_string_is_replaced_not_an_error() -> None:
+    data = abi_encode(["bytes", "uint256", "string", "string"], [b"Tr\xffck", 1, "{}", "Create"])
+    assert decode_event_data(data) == ("Tr\ufffdck", 1, "{}", "Create")
+
+
+async def test_invalid_utf8_on_chain_is_indexed_as_a_rejection(env: Env) -> None:
+    """Solidity takes any bytes as a string: the reader must not stall on them."""
+    bad = env.sign(entity_type="Track", metadata="{}")
+    # a typed-data client cannot sign such a string: the calldata is patched by hand
+    call = env.manager.functions.manageEntity(1, "T", 10, "Create", "{}", bad.nonce, bad.signature)
+    data = bytearray(bytes.fromhex(call._encode_transaction_data()[2:]))
+    index = data.find(b"T" + bytes(31))
+    data[index : index + 1] = b"\xff"
+    tx = env.w3.eth.send_transaction(
+        {"from": env.relay, "to": env.manager.address, "data": bytes(data), "gas": 500_000}
+    )
+    receipt = env.w3.eth.wait_for_transaction_receipt(tx)
+    assert receipt["status"] == 1
+    access = ChainAccess(env.w3)
+    reader = EntityReader.for_access(access, env.deployment)
+    (action,) = await reader.actions(receipt["blockNumber"], receipt["blockNumber"])
+    assert action.entity_type == "\ufffd"

@@ -124,7 +124,7 @@ async def populate(chain: LocalChain, url: str, actions: int, per_block: int) ->
         await _rpc(client, url, "evm_setAutomine", [False])
         t0 = time.perf_counter()
         for start in range(0, len(steps), per_block):
-            batch = []
+            batch: list[dict[str, Any]] = []
             for user, kind, entity, action, meta in steps[start : start + per_block]:
                 key = keys.setdefault(user, user.to_bytes(32, "big"))
                 signed = sign_action(

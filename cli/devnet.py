@@ -4,8 +4,11 @@ The chain is the embedded py-evm one (contracts deployed at start) or a dev
 RPC chain (``--rpc``, e.g. anvil). Every node is registered as a staked
 content node; the demo adds a sample track at the first node and fetches it at
 the last, then starts an unregistered node that announces anyway and shows
-that nobody accepts it. Node0 serves the HTTP gateway and the web player
-(``--gateway HOST:PORT``; a free port by default), whose URL is printed.
+that nobody accepts it. A staked discovery node (``discovery0``) indexes the
+chain's EntityManager and serves the query API on its own gateway; the demo
+signs up an artist, publishes the sample as a track and finds it by search.
+Node0 serves the HTTP gateway and the web player (``--gateway HOST:PORT``; a
+free port by default), whose URL is printed.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from cli.sample import sample_wav
 from node import ConfigError, Node, NodeConfig
 from protocols import announce
 from simnet.local import start_nodes, wait_for_mesh
+from store.index import Page
 
 out = Console(highlight=False, soft_wrap=True)
 
@@ -33,7 +37,8 @@ async def _chunks(data: bytes) -> AsyncIterator[bytes]:
         yield data[i : i + (1 << 20)]
 
 
-async def run_demo(nodes: list[Node], sample_dir: Path) -> None:
+async def run_demo(nodes: list[Node], sample_dir: Path) -> str:
+    """Adds the sample at the first node, fetches it at the last; its CID."""
     first, last = nodes[0], nodes[-1]
     track = sample_wav()
     path = sample_dir / "sample.wav"
@@ -65,6 +70,7 @@ async def run_demo(nodes: list[Node], sample_dir: Path) -> None:
     if not ok:
         raise RuntimeError("the fetched sample differs from the one added")
     out.print(f"  try:  coliving cat {root} --node {first.host.addrs()[0]} | ffplay -nodisp -")
+    return str(root)
 
 
 async def run_unstaked_demo(nursery: trio.Nursery, nodes: list[Node], base: Path) -> None:
@@ -104,6 +110,89 @@ async def start_gateway(nursery: trio.Nursery, node: Node, bind: str) -> None:
     out.print(f"  [bold]player: {node.gateway.player_url}[/bold]")
 
 
+async def start_discovery(
+    nursery: trio.Nursery, chain: LocalChain, nodes: list[Node], base: Path
+) -> Node:
+    """A staked discovery node (``discovery0``) indexing the chain, with its own gateway."""
+    from chain.deploy import DISCOVERY_NODE
+    from chain.entity import EntityReader
+    from discovery.service import DiscoveryConfig, MusicChain
+    from p2p.keys import NodeKey
+
+    d = chain.deployment
+    assert d.entity_manager is not None
+    data_dir = base / "discovery0"
+    key = NodeKey.load_or_create(data_dir)
+    await chain.register(key, service_type=DISCOVERY_NODE)
+    config = NodeConfig.load(
+        data_dir,
+        bootstrap=(nodes[0].host.addrs()[0],),
+        discovery=DiscoveryConfig(),
+        gateway="127.0.0.1:0",
+    )
+    music = MusicChain(
+        source=EntityReader.for_access(chain.access, d),
+        chain_id=d.chain_id,
+        contract=d.entity_manager,
+        start_block=d.entity_manager_block,
+    )
+    node = Node(config, key=key, oracle=chain.oracle(), music=music)
+    await nursery.start(node.run)
+    out.print(
+        f"  discovery0  {node.host.addrs()[0]}  indexing EntityManager {d.entity_manager}; "
+        f"API {node.gateway_url}/v1"
+    )
+    return node
+
+
+async def run_music_demo(chain: LocalChain, discovery: Node, stream_cid: str) -> None:
+    """An artist signs up and publishes the sample as a track; discovery0 indexes it."""
+    import json
+    import secrets
+
+    from chain.entity import sign_action
+
+    assert discovery.discovery is not None and chain.deployment.entity_manager is not None
+    key = secrets.token_bytes(32)
+    track_id = 1
+
+    async def act(entity_type: str, entity_id: int, action: str, meta: dict[str, object]) -> int:
+        assert chain.deployment.entity_manager is not None
+        signed = sign_action(
+            key,
+            chain_id=chain.deployment.chain_id,
+            contract=chain.deployment.entity_manager,
+            user_id=1,
+            entity_type=entity_type,
+            entity_id=entity_id,
+            action=action,
+            metadata=json.dumps(meta),
+        )
+        return await chain.submit(signed)
+
+    out.print("\n[bold]demo[/bold]: an artist signs up and publishes the sample on chain")
+    t0 = time.perf_counter()
+    await act("User", 1, "Create", {"handle": "devnet_artist", "name": "Devnet Artist"})
+    block = await act(
+        "Track",
+        track_id,
+        "Create",
+        {"title": "Sample Tone", "genre": "Electronic", "duration": 3.0, "stream_cid": stream_cid},
+    )
+    with trio.fail_after(30):
+        await discovery.discovery.indexer.wait_for(block)
+    found = await trio.to_thread.run_sync(
+        discovery.discovery.store.search_tracks, "sample", Page(limit=1)
+    )
+    ms = (time.perf_counter() - t0) * 1000
+    verdict = "[green]yes[/green]" if found else "[red]NO[/red]"
+    out.print(f"  signed, relayed and indexed in {ms:.0f} ms; found by search: {verdict}")
+    api = discovery.gateway_url
+    out.print(f"  try:  curl '{api}/v1/tracks/search?query=samp'")
+    out.print(f"        curl '{api}/v1/users/handle/devnet_artist'")
+    out.print(f"        curl -L '{api}/v1/tracks/{track_id}/stream' | ffplay -nodisp -")
+
+
 async def describe_chain(chain: LocalChain, rpc: str, nodes: list[Node]) -> None:
     d = chain.deployment
     where = "embedded py-evm" if rpc == "embedded" else rpc
@@ -140,6 +229,7 @@ async def run_devnet(
             )
             out.print(f"  data in {base}")
             await describe_chain(chain, rpc, nodes)
+            discovery = await start_discovery(nursery, chain, nodes, base)
             if gateway:
                 await start_gateway(nursery, nodes[0], gateway)
             addr = nodes[0].host.addrs()[0]
@@ -148,7 +238,8 @@ async def run_devnet(
             out.print(f"  coliving get CID -o OUT --node {nodes[-1].host.addrs()[0]}")
             out.print(f"  coliving peers --node {addr}")
             if demo:
-                await run_demo(nodes, base)
+                stream_cid = await run_demo(nodes, base)
+                await run_music_demo(chain, discovery, stream_cid)
                 await run_unstaked_demo(nursery, nodes, base)
             if exit_after_demo:
                 nursery.cancel_scope.cancel()

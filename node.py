@@ -421,7 +421,7 @@ class Node(_Peer):
 
                     await nursery.start(self.discovery.run)
                     self.host.set_handler(
-                        discovery_proto.PROTOCOL, self._gated(self.discovery.serve_stream)
+                        discovery_proto.PROTOCOL, self._gated(self._serve_discovery)
                     )
                 if self.config.gateway is not None:
                     from gateway import Gateway, GatewayConfig
@@ -729,6 +729,19 @@ class Node(_Peer):
             await stream.reset()
             if is_offence(exc):
                 self._malformed("query", stream.remote_peer, f"malformed query: {exc}")
+
+    async def _serve_discovery(self, stream: Stream) -> None:
+        """``/coliving/discovery/1.0.0``: protocols.discovery.serve has reset the
+        stream of a request that does not parse; here it counts against the peer."""
+        assert self.discovery is not None
+        try:
+            await self.discovery.serve_stream(stream)
+        except DecodingError as exc:
+            log.info("bad discovery request from %s: %s", stream.remote_peer, exc)
+            if is_offence(exc):
+                self._malformed(
+                    "discovery", stream.remote_peer, f"malformed discovery request: {exc}"
+                )
 
     async def _answer(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         if op == "providers":

@@ -52,6 +52,7 @@ Plays are neither journaled nor digested and survive rollbacks.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import re
 import sqlite3
@@ -319,6 +320,16 @@ class _Writer:
             stored,
         )
         self.changes.append(fields)
+
+
+_FEED_UPLOADS: Final = (("tracks", "track", "track_id"), ("playlists", "playlist", "playlist_id"))
+_FEED_REPOSTS: Final = (
+    "SELECT z.created_at, z.kind, z.item_id FROM reposts z"
+    " LEFT JOIN tracks t ON z.kind = 'track' AND t.track_id = z.item_id"
+    " LEFT JOIN playlists p ON z.kind = 'playlist' AND p.playlist_id = z.item_id"
+    " WHERE z.user_id = ? AND z.created_at >= ? AND coalesce(t.deleted, p.deleted) = 0"
+    " ORDER BY z.created_at DESC, z.kind DESC, z.item_id DESC LIMIT ?"
+)
 
 
 class SqliteIndex:
@@ -1078,47 +1089,60 @@ class SqliteIndex:
 
     def feed(self, user_id: int, page: Page) -> list[Row]:
         """Uploads and reposts by the people ``user_id`` follows, newest first,
-        each item once (at its newest activity). Each followee contributes at
-        most ``offset + limit`` of each kind of activity (by index), which is
-        enough: an activity below that in its own stream has that many newer,
-        distinct items above it."""
+        each item once (at its newest activity).
+
+        A top-k merge over the followees' own activity streams, each read
+        newest first by index: a followee contributes at most ``offset +
+        limit`` activities of each kind (an activity below that in its own
+        stream has that many newer, distinct items above it), and only those
+        not older than the ``offset + limit``-th newest distinct item found so
+        far (it could not make the page), so after the first few followees
+        most streams answer nothing. Cost: two index probes a followee plus
+        the rows that can still make the page."""
         n = page.offset + page.limit
         if n <= 0:
             return []
-        uploads = [
-            f"SELECT x.created_at AS at, 0 AS act, '{kind}' AS kind, x.{col} AS item,"
-            f" x.owner_id AS actor FROM follows f JOIN {table} x ON x.{col} IN"
-            f" (SELECT y.{col} FROM {table} y WHERE y.owner_id = f.followee_id"
-            f" AND y.deleted = 0 ORDER BY y.created_at DESC, y.{col} DESC LIMIT :n)"
-            " WHERE f.follower_id = :user"
-            for table, kind, col in (
-                ("tracks", "track", "track_id"),
-                ("playlists", "playlist", "playlist_id"),
-            )
-        ]
-        reposts = (
-            "SELECT r.created_at, 1, r.kind, r.item_id, r.user_id FROM follows f"
-            " JOIN reposts r ON r.user_id = f.followee_id"
-            " AND (r.kind, r.item_id) IN (SELECT z.kind, z.item_id FROM reposts z"
-            " LEFT JOIN tracks t ON z.kind = 'track' AND t.track_id = z.item_id"
-            " LEFT JOIN playlists p ON z.kind = 'playlist' AND p.playlist_id = z.item_id"
-            " WHERE z.user_id = f.followee_id AND coalesce(t.deleted, p.deleted) = 0"
-            " ORDER BY z.created_at DESC, z.kind DESC, z.item_id DESC LIMIT :n)"
-            " WHERE f.follower_id = :user"
-        )
-        # newest first; at equal times uploads before reposts, then by kind, newer ids;
-        # each item at its first (newest) activity in that order
-        sql = (
-            f"SELECT at, act, kind, item, actor FROM (SELECT *, row_number() OVER"
-            " (PARTITION BY kind, item ORDER BY at DESC, act, actor) AS nth FROM"
-            f" ({' UNION ALL '.join([*uploads, reposts])})) WHERE nth = 1"
-            " ORDER BY at DESC, act, kind, item DESC, actor LIMIT :limit OFFSET :offset"
-        )
-        args = {"n": n, "user": user_id, "limit": page.limit, "offset": page.offset}
         with self._read() as db:
+            followees = [
+                f
+                for (f,) in db.execute(
+                    "SELECT followee_id FROM follows WHERE follower_id = ?", (user_id,)
+                )
+            ]
+            # (kind, item) -> its best activity's key: (-at, act, actor); act 0 upload, 1 repost
+            best: dict[tuple[str, int], tuple[int, int, int]] = {}
+            cutoff = -1  # the n-th newest distinct item's time, once n are found
+            for followee in followees:
+                rows: list[tuple[int, int, str, int]] = []
+                for table, kind, col in _FEED_UPLOADS:
+                    rows += [
+                        (at, 0, kind, item)
+                        for at, item in db.execute(
+                            f"SELECT created_at, {col} FROM {table} WHERE owner_id = ?"
+                            f" AND deleted = 0 AND created_at >= ?"
+                            f" ORDER BY created_at DESC, {col} DESC LIMIT ?",
+                            (followee, cutoff, n),
+                        )
+                    ]
+                rows += [
+                    (at, 1, kind, item)
+                    for at, kind, item in db.execute(_FEED_REPOSTS, (followee, cutoff, n))
+                ]
+                if not rows:
+                    continue
+                for at, act, kind, item in rows:
+                    key = (-at, act, followee)
+                    old = best.get((kind, item))
+                    if old is None or key < old:
+                        best[(kind, item)] = key
+                if len(best) >= n:
+                    cutoff = heapq.nsmallest(n, (k[0] for k in best.values()))[-1] * -1
+            ordered = sorted(
+                best.items(), key=lambda e: (e[1][0], e[1][1], e[0][0], -e[0][1], e[1][2])
+            )
             chosen = [
-                (at, "repost" if act else "upload", kind, item, actor)
-                for at, act, kind, item, actor in db.execute(sql, args)
+                (-key[0], "repost" if key[1] else "upload", kind, item, key[2])
+                for (kind, item), key in ordered[page.offset : n]
             ]
             found = self._items(
                 db,

@@ -551,3 +551,68 @@ def test_rejections_keep_huge_ids(store: SqliteIndex) -> None:
     assert store.rejections(Page()) == [big, rejection(1)]
     assert store.rejections(Page(limit=1, offset=1)) == [rejection(1)]
     assert store.digest() != GENESIS_DIGEST
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    tracks=st.lists(
+        st.tuples(st.integers(2, 6), st.integers(0, 5), st.booleans()), min_size=4, max_size=25
+    ),
+    reposts=st.lists(
+        st.tuples(st.integers(2, 6), st.integers(0, 24), st.integers(0, 5)), min_size=3
+    ),
+    follows=st.sets(st.integers(2, 6), min_size=2),
+    limit=st.integers(1, 6),
+    offset=st.integers(0, 8),
+)
+def test_feed_matches_its_definition(
+    tmp_path_factory: pytest.TempPathFactory,
+    tracks: list[tuple[int, int, bool]],
+    reposts: list[tuple[int, int, int]],
+    follows: set[int],
+    limit: int,
+    offset: int,
+) -> None:
+    """The feed's top-k merge against the definition, computed by brute force:
+    every upload and repost of a followee, each item at its newest activity
+    (uploads before reposts at equal times), newest first; many equal times."""
+    store = SqliteIndex(tmp_path_factory.mktemp("feed") / "i.sqlite")
+    track_rows = [
+        track(i + 1, owner, f"t{i}", at=NOW + at, deleted=deleted)
+        for i, (owner, at, deleted) in enumerate(tracks)
+    ]
+    repost_rows = {
+        (u, t + 1): {"user_id": u, "kind": "track", "item_id": t + 1, "block": 1,
+                     "created_at": NOW + at}
+        for u, t, at in reposts
+        if t < len(tracks) and tracks[t][0] != u
+    }  # fmt: skip
+    store.bulk_load(
+        users=[user(u, f"u{u}") for u in range(1, 7)],
+        tracks=track_rows,
+        follows=[{"follower_id": 1, "followee_id": f, "block": 1, "created_at": NOW}
+                 for f in follows],
+        reposts=list(repost_rows.values()),
+    )  # fmt: skip
+    activity: dict[int, tuple[int, int, int]] = {}  # track -> (-at, act, actor)
+    for row in track_rows:
+        if row["owner_id"] in follows and not row["deleted"]:
+            key = (-row["created_at"], 0, row["owner_id"])
+            activity[row["track_id"]] = min(activity.get(row["track_id"], key), key)
+    for (u, t), row in repost_rows.items():
+        if u in follows and not track_rows[t - 1]["deleted"]:
+            key = (-row["created_at"], 1, u)
+            activity[t] = min(activity.get(t, key), key)
+    expected = sorted(activity.items(), key=lambda e: (e[1][0], e[1][1], "track", -e[0], e[1][2]))
+    want = [
+        (t, "repost" if act else "upload", -neg_at, actor)
+        for t, (neg_at, act, actor) in expected[offset : offset + limit]
+    ]
+    got = [
+        (i["item"]["id"], i["activity"], i["activity_at"], i["actor_id"])
+        for i in store.feed(1, Page(limit=limit, offset=offset))
+    ]
+    store.close()
+    assert got == want

@@ -16,7 +16,7 @@ user                id                                user
 user_by_handle      handle                            user
 user_tracks         id, page                          [track]
 user_playlists      id, page                          [playlist]
-user_reposts        id, page                          [feed item]
+user_reposts        id, page                          [track/playlist + kind]
 followers           id, page                          [user]
 following           id, page                          [user]
 feed                id, page                          [feed item]

@@ -1,6 +1,7 @@
 """The gateway's ASGI application: content by CID, the player, pins, health, metrics.
 
-Routes (GET and HEAD; anything else is 405):
+Routes (GET and HEAD, and POST on ``/v1/tracks/{id}/listen``; any other
+method is 405):
 
 ``/ipfs/{cid}``     the file, ``Cache-Control: immutable`` (a CID never changes)
 ``/content/{cid}``  the same, plus ``Content-Disposition`` with the pin's name
@@ -8,6 +9,9 @@ Routes (GET and HEAD; anything else is 405):
 ``/api/pins``       JSON list of this node's pins: cid, name, size, pinned_at
 ``/health``         signed JSON (see :mod:`gateway.health`)
 ``/metrics``        Prometheus text (see :mod:`gateway.metrics`)
+``/v1/...``         the discovery API in the Audius shape, on a discovery node
+                    (users, tracks, playlists, search, trending, feed, stream,
+                    listens: the route table is in :mod:`gateway.v1`)
 
 Content answers: 400 for a string that is not a CID, 404 when no holder is
 known, 502 when holders were found and none delivered verified blocks, 504
@@ -33,7 +37,7 @@ from urllib.parse import quote
 
 import trio
 
-from gateway import health
+from gateway import health, v1
 from gateway.metrics import CONTENT_TYPE as METRICS_TYPE
 from gateway.metrics import GatewayMetrics
 from gateway.ranges import ByteRange, Unsatisfiable, if_range_allows, none_match, parse_range
@@ -78,12 +82,14 @@ class StreamAborted(Exception):
 
 
 class _Request:
-    __slots__ = ("headers", "method", "path", "query", "started")
+    __slots__ = ("client", "headers", "method", "path", "query", "started")
 
     def __init__(self, scope: Scope) -> None:
         self.method: str = scope["method"]
         self.path: str = scope["path"]
         self.query: bytes = scope.get("query_string", b"")
+        peer = scope.get("client")  # (host, port), or None on a Unix socket
+        self.client: str = str(peer[0]) if peer else "unknown"
         self.headers: dict[str, str] = {}
         for raw_name, raw_value in scope["headers"]:
             name = raw_name.decode("latin-1").lower()
@@ -170,6 +176,9 @@ class GatewayApp:
 
     async def _route(self, request: _Request, receive: Receive, reply: _Reply) -> str:
         path = request.path
+        if path.startswith(v1.PREFIX):  # it has a POST route and answers methods itself
+            await v1.handle(self.node.discovery, request, receive, reply)
+            return "v1"
         if request.method not in ("GET", "HEAD"):
             await reply.error(405, "only GET and HEAD", [(b"allow", b"GET, HEAD")])
             return "other"

@@ -4,11 +4,21 @@ discovery node over HTTP (``/v1``) and over libp2p."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cbor2
+import httpx
 import pytest
+import trio
 
+from chain.deploy import DISCOVERY_NODE
+from chain.entity import EntityReader
+from chain.local import LocalChain, open_chain
 from discovery.api import (
     MAX_ID,
     OPS,
@@ -18,12 +28,18 @@ from discovery.api import (
     NotFound,
     parse_params,
 )
+from discovery.indexer import IndexerConfig
+from discovery.listens import ListenConfig
+from discovery.service import DiscoveryConfig, MusicChain
+from node import Node, NodeConfig
 from p2p.abc import StreamError
+from p2p.keys import NodeKey
 from protocols import discovery as proto
 from protocols.cid import encode_uvarint
 from protocols.errors import DecodingError, NoAnswerError, TruncatedError, is_offence
 from protocols.wire import FrameReader, frame
 from store.index import Page
+from tests.music import CID_A, Wallet
 from tests.test_wire_props import ScriptedStream
 
 # -- a stand-in index: only what the API's own logic needs --------------------
@@ -453,3 +469,452 @@ async def test_ask_returns_data_and_raises_error_replies() -> None:
         await proto.ask(ScriptedStream(), "status")
     with pytest.raises(StreamError):
         await proto.ask(ScriptedStream(reset_at_end=True), "status")
+
+
+# -- a real discovery node: every operation over HTTP and over libp2p -----------
+
+
+@dataclass
+class Net:
+    """alice: a staked discovery node with a gateway, indexing ``chain``;
+    bob: a content node with a gateway (no discovery role) that asks alice."""
+
+    chain: LocalChain
+    alice: Node
+    bob: Node
+    http: httpx.AsyncClient  # alice's gateway
+
+    async def ask(self, op: str, params: dict[str, Any] | None = None) -> Any:
+        stream = await self.bob.host.open_stream(self.alice.peer_id, [proto.PROTOCOL])
+        with trio.fail_after(WAIT):
+            return await proto.ask(stream, op, params)
+
+    async def get(self, path: str, **params: Any) -> httpx.Response:
+        with trio.fail_after(WAIT):
+            return await self.http.get(path, params=params)
+
+
+WAIT = 30.0
+FAST_INDEXER = IndexerConfig(poll_interval=0.05)
+
+
+async def populate(chain: LocalChain) -> None:
+    """alice (1) has three followers, two live tracks (a third deleted) and a
+    playlist; bob (2) one track and reposts of alice's; carol (3) saves."""
+    alice, bob, carol, dave = (Wallet(chain, i) for i in (1, 2, 3, 4))
+    await alice.sign_up("alice", name="Alice Liddell", bio="synths")
+    await bob.sign_up("bob")
+    await carol.sign_up("carol", name="Carol Singer")
+    await dave.sign_up("dave")
+    await alice.upload(10, "Night Drive")
+    await alice.upload(11, "Morning Rock", genre="Rock")
+    await alice.upload(12, "Deleted Song")
+    await bob.upload(20, "Bob Tune")
+    mix = {"playlist_name": "Drive Mix", "track_ids": [10, 20, 11, 12]}
+    await alice.act("Playlist", 50, "Create", json.dumps(mix))
+    await alice.act("Track", 12, "Delete")  # the playlist leaves it out from now on
+    for fan in (bob, carol, dave):
+        await fan.act("User", 1, "Follow")
+    await alice.act("User", 2, "Follow")
+    await bob.act("Track", 10, "Repost")
+    await bob.act("Playlist", 50, "Repost")
+    await carol.act("Track", 10, "Save")
+    await carol.act("Playlist", 50, "Save")
+    await bob.act("Track", 11, "Save")  # trending lists tracks with a score above 0
+
+
+@contextlib.asynccontextmanager
+async def network(tmp_path: Path, *, listens: ListenConfig | None = None) -> AsyncIterator[Net]:
+    chain = await open_chain()
+    await populate(chain)
+    keys = {name: NodeKey.load_or_create(tmp_path / name) for name in ("alice", "bob")}
+    await chain.register(keys["alice"], service_type=DISCOVERY_NODE)
+    await chain.register(keys["bob"])
+    d = chain.deployment
+    assert d.entity_manager is not None
+    music = MusicChain(
+        source=EntityReader.for_access(chain.access, d),
+        chain_id=d.chain_id,
+        contract=d.entity_manager,
+        start_block=d.entity_manager_block,
+    )
+    role = DiscoveryConfig(indexer=FAST_INDEXER, listens=listens or ListenConfig())
+    async with trio.open_nursery() as nursery:
+        cfg = NodeConfig.load(tmp_path / "alice", discovery=role, gateway="127.0.0.1:0")
+        alice = Node(cfg, key=keys["alice"], oracle=chain.oracle(poll_interval=0.1), music=music)
+        await nursery.start(alice.run)
+        cfg = NodeConfig.load(
+            tmp_path / "bob", bootstrap=(alice.host.addrs()[0],), gateway="127.0.0.1:0"
+        )
+        bob = Node(cfg, key=keys["bob"], oracle=chain.oracle(poll_interval=0.1))
+        await nursery.start(bob.run)
+        assert alice.discovery is not None and alice.gateway_url is not None
+        with trio.fail_after(WAIT):
+            await alice.discovery.indexer.wait_for(await chain.block_number())
+            await alice.discovery.refresh_trending()
+        async with httpx.AsyncClient(base_url=alice.gateway_url, timeout=WAIT) as http:
+            yield Net(chain, alice, bob, http)
+        nursery.cancel_scope.cancel()
+
+
+def ids(rows: list[dict[str, Any]]) -> list[int]:
+    return [row["id"] for row in rows]
+
+
+def feed_items(rows: list[dict[str, Any]]) -> set[tuple[str, str, int]]:
+    return {(r["activity"], r["item_kind"], r["item"]["id"]) for r in rows}
+
+
+# op, params, the HTTP route and query, and what the data must satisfy
+OPERATIONS: list[tuple[str, dict[str, Any], str, dict[str, Any], Callable[[Any], bool]]] = [
+    (
+        "user",
+        {"id": 1},
+        "/v1/users/1",
+        {},
+        lambda u: u["handle"] == "alice" and u["follower_count"] == 3 and u["track_count"] == 2,
+    ),
+    ("user_by_handle", {"handle": "carol"}, "/v1/users/handle/carol", {}, lambda u: u["id"] == 3),
+    ("user_by_handle", {"handle": "Carol"}, "/v1/users/handle/Carol", {}, lambda u: u["id"] == 3),
+    ("user_tracks", {"id": 1}, "/v1/users/1/tracks", {}, lambda r: sorted(ids(r)) == [10, 11]),
+    ("user_playlists", {"id": 1}, "/v1/users/1/playlists", {}, lambda r: ids(r) == [50]),
+    (
+        "user_reposts",
+        {"id": 2},
+        "/v1/users/2/reposts",
+        {},
+        lambda r: {(x["kind"], x["id"]) for x in r} == {("track", 10), ("playlist", 50)},
+    ),
+    ("followers", {"id": 1}, "/v1/users/1/followers", {}, lambda r: sorted(ids(r)) == [2, 3, 4]),
+    ("following", {"id": 1}, "/v1/users/1/following", {}, lambda r: ids(r) == [2]),
+    ("following", {"id": 4}, "/v1/users/4/following", {}, lambda r: ids(r) == [1]),
+    (
+        "feed",
+        {"id": 3},
+        "/v1/users/3/feed",
+        {},
+        lambda r: (
+            feed_items(r)
+            == {("upload", "track", 10), ("upload", "track", 11), ("upload", "playlist", 50)}
+        ),
+    ),
+    (
+        "feed",
+        {"id": 1},
+        "/v1/users/1/feed",
+        {},
+        lambda r: (
+            feed_items(r)
+            == {("upload", "track", 20), ("repost", "track", 10), ("repost", "playlist", 50)}
+        ),
+    ),
+    (
+        "track",
+        {"id": 10},
+        "/v1/tracks/10",
+        {},
+        lambda t: (
+            t["title"] == "Night Drive"
+            and t["user"]["id"] == 1
+            and (t["repost_count"], t["favorite_count"]) == (1, 1)
+        ),
+    ),
+    ("track_reposters", {"id": 10}, "/v1/tracks/10/reposts", {}, lambda r: ids(r) == [2]),
+    ("track_savers", {"id": 10}, "/v1/tracks/10/favorites", {}, lambda r: ids(r) == [3]),
+    (
+        "playlist",
+        {"id": 50},
+        "/v1/playlists/50",
+        {},
+        lambda p: p["playlist_name"] == "Drive Mix" and p["track_ids"] == [10, 20, 11],
+    ),
+    (
+        "playlist_tracks",
+        {"id": 50},
+        "/v1/playlists/50/tracks",
+        {},
+        lambda r: ids(r) == [10, 20, 11],
+    ),
+    ("playlist_reposters", {"id": 50}, "/v1/playlists/50/reposts", {}, lambda r: ids(r) == [2]),
+    ("playlist_savers", {"id": 50}, "/v1/playlists/50/favorites", {}, lambda r: ids(r) == [3]),
+    (
+        "search_tracks",
+        {"query": "night"},
+        "/v1/tracks/search",
+        {"query": "night"},
+        lambda r: ids(r) == [10],
+    ),
+    (
+        "search_tracks",
+        {"query": "deleted"},
+        "/v1/tracks/search",
+        {"query": "deleted"},
+        lambda r: r == [],
+    ),
+    (
+        "search_users",
+        {"query": "carol"},
+        "/v1/users/search",
+        {"query": "carol"},
+        lambda r: ids(r) == [3],
+    ),
+    (
+        "search_playlists",
+        {"query": "drive"},
+        "/v1/playlists/search",
+        {"query": "drive"},
+        lambda r: ids(r) == [50],
+    ),
+    (
+        "trending",
+        {},
+        "/v1/tracks/trending",
+        {},
+        lambda r: ids(r) == [10, 11] and r[0]["score"] > r[1]["score"] > 0,
+    ),
+    (
+        "trending",
+        {"window": "all", "genre": "Rock"},
+        "/v1/tracks/trending",
+        {"time": "allTime", "genre": "Rock"},
+        lambda r: ids(r) == [11],
+    ),
+    (
+        "trending",
+        {"window": "month", "genre": "electronic", "limit": 1},
+        "/v1/tracks/trending",
+        {"time": "month", "genre": "electronic", "limit": 1},
+        lambda r: len(r) == 1 and r[0]["genre"] == "Electronic",
+    ),
+    (
+        "status",
+        {},
+        "",  # not on /v1: the envelope carries it
+        {},
+        lambda s: s["latest_indexed_block"] is not None and len(s["digest"]) == 64,
+    ),
+]
+
+
+async def test_every_operation_over_http_and_libp2p(tmp_path: Path) -> None:
+    async with network(tmp_path) as net:
+        for op, params, path, query, check in OPERATIONS:
+            over_p2p = await net.ask(op, params)
+            assert check(over_p2p), (op, params, over_p2p)
+            if not path:
+                continue
+            response = await net.get(path, **query)
+            assert response.status_code == 200, (path, response.text)
+            assert response.headers["content-type"] == "application/json"
+            body = response.json()
+            assert body["data"] == over_p2p, path
+            assert body["latest_indexed_block"] >= 1
+        # the Audius clients' app_name is taken and ignored
+        response = await net.get("/v1/users/1", app_name="coliving-test")
+        assert response.json()["data"]["id"] == 1
+        # a trailing slash and HEAD
+        assert (await net.get("/v1/users/1/")).json()["data"]["id"] == 1
+        head = await net.http.head("/v1/users/1")
+        assert head.status_code == 200 and head.content == b""
+
+
+async def test_stream_redirects_to_the_gateways_ipfs(tmp_path: Path) -> None:
+    async with network(tmp_path) as net:
+        answer = await net.ask("stream", {"id": 10})
+        assert answer == {
+            "cid": CID_A,
+            "path": f"/ipfs/{CID_A}",
+            "url": f"{net.alice.gateway_url}/ipfs/{CID_A}",
+        }
+        response = await net.get("/v1/tracks/10/stream")
+        assert response.status_code == 302
+        assert response.headers["location"] == f"/ipfs/{CID_A}"
+        assert response.json()["data"]["cid"] == CID_A
+        for path in ("/v1/tracks/12/stream", "/v1/tracks/99/stream"):
+            response = await net.get(path)
+            assert response.status_code == 404 and "no track" in response.json()["error"]
+
+
+async def test_pagination_edges_both_ways(tmp_path: Path) -> None:
+    async with network(tmp_path) as net:
+        first = await net.ask("followers", {"id": 1, "limit": 1})
+        second = await net.ask("followers", {"id": 1, "limit": 1, "offset": 1})
+        everyone = await net.ask("followers", {"id": 1, "limit": 100})
+        assert len(first) == len(second) == 1 and first != second
+        assert ids(everyone)[:2] == ids(first) + ids(second) and len(everyone) == 3
+        assert await net.ask("followers", {"id": 1, "offset": 10000}) == []
+        http = await net.get("/v1/users/1/followers", limit="1", offset="1")
+        assert http.json()["data"] == second
+        assert (await net.get("/v1/users/1/followers", offset=10000)).json()["data"] == []
+        bad_pages: list[tuple[dict[str, Any], str]] = [
+            ({"limit": 0}, "limit must be in 1..100"),
+            ({"limit": 101}, "limit must be in 1..100"),
+            ({"offset": -1}, "offset must be in 0..10000"),
+            ({"offset": 10001}, "offset must be in 0..10000"),
+            ({"limit": "x"}, "limit must be an integer"),
+            ({"offset": "1.5"}, "offset must be an integer"),
+        ]
+        for bad, why in bad_pages:
+            with pytest.raises(proto.DiscoveryQueryError) as refused:
+                await net.ask("followers", {"id": 1, **bad})
+            assert refused.value.status == 400 and why in refused.value.message
+            response = await net.get("/v1/users/1/followers", **{k: str(v) for k, v in bad.items()})
+            assert response.status_code == 400, bad
+            assert response.json()["error"] == refused.value.message
+
+
+P2P_REFUSALS: list[tuple[str, dict[str, Any], int, str]] = [
+    ("user", {"id": 99}, 404, "no user 99"),
+    ("user", {"id": "abc"}, 400, "id must be an integer"),
+    ("user", {"id": True}, 400, "id must be an integer"),
+    ("user", {"id": -1}, 400, "id must be in"),
+    ("user", {}, 400, "id is required"),
+    ("user", {"id": 1, "page": 2}, 400, "unknown parameters for user: page"),
+    ("user_by_handle", {"handle": "nobody"}, 404, "no user with handle"),
+    ("user_by_handle", {"handle": "x" * 31}, 400, "handle must be 1..30"),
+    ("user_tracks", {"id": 99}, 404, "no user 99"),
+    ("feed", {"id": 99}, 404, "no user 99"),
+    ("track", {"id": 12}, 404, "no track 12"),  # deleted
+    ("track", {"id": 99}, 404, "no track 99"),
+    ("track_reposters", {"id": 12}, 404, "no track 12"),
+    ("track_savers", {"id": 99}, 404, "no track 99"),
+    ("playlist", {"id": 99}, 404, "no playlist 99"),
+    ("playlist_tracks", {"id": 99}, 404, "no playlist 99"),
+    ("playlist_reposters", {"id": 10}, 404, "no playlist 10"),
+    ("search_tracks", {}, 400, "query must be a string"),
+    ("search_users", {"query": "  "}, 400, "query must be 1..200"),
+    ("search_playlists", {"query": "x" * 201}, 400, "query must be 1..200"),
+    ("trending", {"window": "allTime"}, 400, "window must be one of"),
+    ("trending", {"genre": "Polka"}, 400, "genre must be one of"),
+    ("nope", {}, 400, "unknown op 'nope'"),
+]
+
+HTTP_REFUSALS: list[tuple[str, dict[str, str], int, str]] = [
+    ("/v1/users/99", {}, 404, "no user 99"),
+    ("/v1/users/abc", {}, 400, "id must be an integer"),
+    ("/v1/users/-1", {}, 400, "id must be an integer"),
+    ("/v1/users/" + "9" * 19, {}, 400, "id must be in"),
+    ("/v1/users/1", {"id": "2"}, 400, "unknown parameters for user: id"),
+    ("/v1/users/1", {"foo": "1"}, 400, "unknown parameters for user: foo"),
+    ("/v1/users/handle/nobody", {}, 404, "no user with handle"),
+    ("/v1/users/99/tracks", {}, 404, "no user 99"),
+    ("/v1/users/99/playlists", {}, 404, "no user 99"),
+    ("/v1/users/99/reposts", {}, 404, "no user 99"),
+    ("/v1/users/99/followers", {}, 404, "no user 99"),
+    ("/v1/users/99/following", {}, 404, "no user 99"),
+    ("/v1/users/99/feed", {}, 404, "no user 99"),
+    ("/v1/tracks/12", {}, 404, "no track 12"),  # deleted
+    ("/v1/tracks/99", {}, 404, "no track 99"),
+    ("/v1/tracks/12/reposts", {}, 404, "no track 12"),
+    ("/v1/tracks/99/favorites", {}, 404, "no track 99"),
+    ("/v1/playlists/99", {}, 404, "no playlist 99"),
+    ("/v1/playlists/99/tracks", {}, 404, "no playlist 99"),
+    ("/v1/playlists/99/reposts", {}, 404, "no playlist 99"),
+    ("/v1/playlists/99/favorites", {}, 404, "no playlist 99"),
+    ("/v1/tracks/search", {}, 400, "query must be a string"),
+    ("/v1/tracks/search", {"query": ""}, 400, "query must be 1..200"),
+    ("/v1/users/search", {"query": "x" * 201}, 400, "query must be 1..200"),
+    ("/v1/playlists/search", {"query": "a", "limit": "0"}, 400, "limit must be in 1..100"),
+    ("/v1/tracks/trending", {"time": "day"}, 400, "time must be one of week, month, allTime"),
+    ("/v1/tracks/trending", {"window": "all"}, 400, "unknown parameters for trending: window"),
+    ("/v1/tracks/trending", {"genre": "Polka"}, 400, "genre must be one of"),
+    ("/v1/tracks/10/nope", {}, 404, "no such route"),
+    ("/v1/nope", {}, 404, "no such route"),
+]
+
+
+async def test_refusals_both_ways(tmp_path: Path) -> None:
+    async with network(tmp_path) as net:
+        for op, params, status, why in P2P_REFUSALS:
+            with pytest.raises(proto.DiscoveryQueryError) as refused:
+                await net.ask(op, params)
+            assert refused.value.status == status and why in refused.value.message, (op, params)
+        for path, query, status, why in HTTP_REFUSALS:
+            response = await net.get(path, **query)
+            assert response.status_code == status, (path, query, response.text)
+            assert why in response.json()["error"], (path, query)
+        twice = await net.http.get("/v1/users/1/tracks?limit=1&limit=2")
+        assert twice.status_code == 400 and "limit given twice" in twice.json()["error"]
+        # methods: POST only on the listen route, GET and HEAD elsewhere
+        response = await net.http.post("/v1/users/1", json={})
+        assert response.status_code == 405 and response.headers["allow"] == "GET, HEAD"
+        response = await net.http.put("/v1/tracks/10/listen", json={})
+        assert response.status_code == 405 and response.headers["allow"] == "POST"
+        response = await net.http.get("/v1/tracks/10/listen")
+        assert response.status_code == 405
+        response = await net.http.post("/api/pins")
+        assert response.status_code == 405 and response.headers["allow"] == "GET, HEAD"
+        # a node without the discovery role has no /v1
+        assert net.bob.gateway_url is not None
+        async with httpx.AsyncClient(base_url=net.bob.gateway_url) as other:
+            response = await other.get("/v1/users/1")
+        assert response.status_code == 404 and "discovery" in response.json()["error"]
+
+
+async def test_malformed_requests_count_against_the_peer(tmp_path: Path) -> None:
+    async with network(tmp_path) as net:
+        before = net.alice.conduct.points(net.bob.peer_id)
+        stream = await net.bob.host.open_stream(net.alice.peer_id, [proto.PROTOCOL])
+        await stream.write(frame(cbor2.dumps(["not", "a", "map"])))
+        with trio.fail_after(WAIT):
+            with pytest.raises(StreamError):
+                while await stream.read(1024):
+                    pass
+                raise StreamError("closed, not reset")
+            # the reset reaches bob before alice's handler has scored the
+            # offence, and Conduct has no event to wait on
+            while net.alice.conduct.points(net.bob.peer_id) <= before:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        # an unknown key or op is a newer client's: an error reply and no offence
+        points = net.alice.conduct.points(net.bob.peer_id)
+        stream = await net.bob.host.open_stream(net.alice.peer_id, [proto.PROTOCOL])
+        await stream.write(frame(cbor2.dumps({"id": 7, "op": "status", "sig": b"x"})))
+        with trio.fail_after(WAIT):
+            data = await FrameReader(stream).read_frame(proto.MAX_RESPONSE)
+        assert data is not None and cbor2.loads(data)["status"] == 400
+        with pytest.raises(proto.DiscoveryQueryError):
+            await net.ask("rm -rf", {})
+        assert net.alice.conduct.points(net.bob.peer_id) <= points
+        assert await net.ask("user", {"id": 1})  # still answered
+
+
+async def test_listens_over_http(tmp_path: Path) -> None:
+    listens = ListenConfig(anonymous_burst=2, anonymous_rate=0.01)
+    async with network(tmp_path, listens=listens) as net:
+        response = await net.http.post("/v1/tracks/10/listen", json={})
+        assert response.status_code == 200, response.text
+        assert response.json()["data"]["accepted"] is True
+        response = await net.http.post("/v1/tracks/10/listen", json={"track_id": 10})
+        assert response.status_code == 200, response.text
+        response = await net.http.post("/v1/tracks/10/listen", json={})
+        assert response.status_code == 429
+        assert int(response.headers["retry-after"]) >= 1
+        for body, why in [
+            (b'{"track_id": 11}', "not the path's"),
+            (b'{"track_id": true}', "not the path's"),
+            (b"[1]", "a listen is a JSON object"),
+            (b"{", "not JSON"),
+            (b"\xff", "not JSON"),
+            (b'{"track_id": 10, "extra": 1}', ""),
+        ]:
+            response = await net.http.post(
+                "/v1/tracks/10/listen", content=body, headers={"content-type": "application/json"}
+            )
+            assert response.status_code == 400, body
+            assert why in response.json()["error"]
+        response = await net.http.post("/v1/tracks/abc/listen", json={})
+        assert response.status_code == 400
+        response = await net.http.post(
+            "/v1/tracks/10/listen", content=b" " * 4096 + b"{}", headers={"content-type": "x"}
+        )
+        assert response.status_code == 413
+
+        async def chunked() -> AsyncIterator[bytes]:
+            for _ in range(5):
+                yield b" " * 1000  # no Content-Length: the bound holds while reading
+
+        response = await net.http.post("/v1/tracks/10/listen", content=chunked())
+        assert response.status_code == 413
+        statistics = net.alice.discovery.listens.statistics() if net.alice.discovery else None
+        assert statistics is not None and statistics.accepted == 2
+        assert statistics.rate_limited == 1

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from web3 import Web3
+from web3.types import Wei
 
 from chain.abi import ENTITY_MANAGER, load_abi
 from chain.access import EMBEDDED, ChainAccess, ChainConfig, ChainUnavailable, connect
@@ -113,6 +114,16 @@ class LocalChain:
             return int(receipt["blockNumber"])
 
         return await self.access.run(run)
+
+    async def fund(self, address: str, wei: int) -> None:
+        """Sends ``wei`` of the chain's coin from the governance account (a relay's gas)."""
+
+        def run(w3: Web3) -> None:
+            to = Web3.to_checksum_address(address)
+            tx = w3.eth.send_transaction({"from": self.governance, "to": to, "value": Wei(wei)})
+            w3.eth.wait_for_transaction_receipt(tx)
+
+        await self.access.run(run)
 
     async def block_number(self) -> int:
         return await self.access.run(lambda w3: int(w3.eth.block_number))

@@ -583,7 +583,7 @@ def test_feed_matches_its_definition(
         track(i + 1, owner, f"t{i}", at=NOW + at, deleted=deleted)
         for i, (owner, at, deleted) in enumerate(tracks)
     ]
-    repost_rows = {
+    repost_rows: dict[tuple[int, int], Row] = {
         (u, t + 1): {"user_id": u, "kind": "track", "item_id": t + 1, "block": 1,
                      "created_at": NOW + at}
         for u, t, at in reposts

@@ -213,8 +213,10 @@ class DiscoveryProcess:
     async def indexed(self, at_least: int) -> tuple[int, str]:
         """The first progress line at or past block ``at_least``: (block, digest)."""
         while True:
+            # (mypy 2.4 misreads run_sync's keyword after *args: Unpack[Ts])
             block, digest = await trio.to_thread.run_sync(
-                self._next_indexed, abandon_on_cancel=True
+                self._next_indexed,
+                abandon_on_cancel=True,  # type: ignore[call-arg]
             )
             if block >= at_least:
                 return block, digest

@@ -379,8 +379,8 @@ async def network(
             yield Net(chain, nodes, services, indexes, others)
             nursery.cancel_scope.cancel()
     finally:
-        for index in indexes:
-            index.close()
+        for opened in indexes:
+            opened.close()
 
 
 def offender(node: Node) -> Callable[[PeerId, str], None]:

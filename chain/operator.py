@@ -244,6 +244,11 @@ ERROR_MESSAGES: Mapping[str, Callable[[Mapping[str, Any]], str]] = {
     "ERC20InvalidSender": lambda a: f"invalid token sender {a['sender']}",
     "ERC20InvalidSpender": lambda a: f"invalid token spender {a['spender']}",
     "SafeERC20FailedOperation": lambda a: f"the token {a['token']} refused the transfer",
+    "InvalidSignature": lambda a: "the action's signature is malformed (length, v or a high s)",
+    "NonceAlreadyUsed": lambda a: "this signed action was submitted before (its nonce is used)",
+    "MetadataTooLarge": lambda a: f"metadata of {a['length']} bytes is over {a['limit']}",
+    "EntityTypeTooLong": lambda a: f"an entity type of {a['length']} bytes is over {a['limit']}",
+    "ActionTooLong": lambda a: f"an action of {a['length']} bytes is over {a['limit']}",
     "Error": lambda a: f"reverted: {a['message']}",
     "Panic": lambda a: f"the contract panicked (code {int(a['code']):#x})",
 }

@@ -44,8 +44,11 @@ from protocols.replication import ReplicationConfig, Replicator
 from store.blockstore import BlockStore, Collected, Collection, StoreError
 
 if TYPE_CHECKING:
+    from chain.access import ChainAccess
     from discovery.service import DiscoveryConfig, DiscoveryService, MusicChain
     from gateway import Gateway
+    from identity.accounts import IdentityConfig
+    from identity.service import IdentityService
 
 log = logging.getLogger("coliving.node")
 DIAL_BACKOFF = 30.0  # seconds before a member that could not be dialed is tried again
@@ -94,6 +97,9 @@ class NodeConfig:
     # the discovery role (index the chain's music data, answer queries, count
     # plays): None = a content node only; ``[discovery]`` in node.toml
     discovery: DiscoveryConfig | None = None
+    # the identity role (hedgehog accounts and the gas relay on the gateway's
+    # /identity/): None = none; ``[identity]`` in node.toml; needs the discovery role
+    identity: IdentityConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.listen:
@@ -134,6 +140,16 @@ class NodeConfig:
             raise ConfigError("cache_bytes must be a whole number of bytes, 0 or more")
         if self.gc_interval <= 0:
             raise ConfigError("gc_interval must be positive")
+        if self.identity is not None:
+            if self.discovery is None:
+                raise ConfigError(
+                    "the identity role needs the discovery role on the same node (its "
+                    "accounts live in the index database and its relay sends to the chain "
+                    "the index reads): add [discovery] to node.toml"
+                )
+            key_file = self.identity.relay_key_file
+            if key_file is not None and not key_file.is_file():
+                raise ConfigError(f"[identity] relay_key_file {key_file} is not a file")
 
     @classmethod
     def load(cls, data_dir: Path, **overrides: Any) -> NodeConfig:
@@ -161,6 +177,8 @@ class NodeConfig:
             values["cache_bytes"] = parse_size(values["cache_bytes"], "cache_bytes")
         if isinstance(values.get("discovery"), dict | bool):
             values["discovery"] = discovery_config(values["discovery"], path)
+        if isinstance(values.get("identity"), dict | bool):
+            values["identity"] = identity_config(values["identity"], path)
         try:
             return cls(data_dir=data_dir, **values)
         except TypeError as exc:
@@ -220,6 +238,46 @@ def discovery_config(raw: dict[str, Any] | bool, where: Path) -> DiscoveryConfig
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: [discovery]: {exc}") from None
+
+
+def identity_config(raw: dict[str, Any] | bool, where: Path) -> IdentityConfig | None:
+    """``[identity]`` of node.toml (or ``true`` for the defaults, without a relay) as an
+    IdentityConfig; a relative ``relay_key_file`` is taken from node.toml's directory."""
+    from identity.accounts import IdentityConfig
+    from identity.relay import RelayConfig
+
+    if raw is False:
+        return None
+    table = {} if raw is True else dict(raw)
+    relay = table.pop("relay", {})
+    if not isinstance(relay, dict):
+        raise ConfigError(f"{where}: [identity.relay] must be a table")
+    own_keys = {f.name for f in fields(IdentityConfig)} - {"relay"}
+    if unknown := sorted(set(table) - own_keys):
+        raise ConfigError(
+            f"{where}: unknown keys in [identity]: {unknown}; known: {sorted(own_keys | {'relay'})}"
+        )
+    relay_keys = {f.name for f in fields(RelayConfig)}
+    if unknown := sorted(set(relay) - relay_keys):
+        raise ConfigError(
+            f"{where}: unknown keys in [identity.relay]: {unknown}; known: {sorted(relay_keys)}"
+        )
+    if "relay_key_file" in table:
+        key_file = table["relay_key_file"]
+        if not isinstance(key_file, str) or not key_file:
+            raise ConfigError(
+                f"{where}: [identity] relay_key_file must be the path of a file holding the "
+                "relay wallet's hex private key (never the key itself)"
+            )
+        table["relay_key_file"] = where.parent / Path(key_file).expanduser()
+    try:
+        relay_config = RelayConfig(**relay)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: [identity.relay]: {exc}") from None
+    try:
+        return IdentityConfig(relay=relay_config, **table)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: [identity]: {exc}") from None
 
 
 def _music_chain_from_config(config: NodeConfig) -> MusicChain:
@@ -330,7 +388,8 @@ class Node(_Peer):
         """``host``, ``gossip`` and ``store`` default to libp2p's and LMDB in
         ``data_dir``; simnet.virtual passes p2p.memory's (a host with its gossip).
         With ``config.discovery`` the node also takes the discovery role, on
-        the data contract of ``music`` (default: the one config.rpc names)."""
+        the data contract of ``music`` (default: the one config.rpc names);
+        with ``config.identity`` also the identity role, on the same chain."""
         self.config = config
         self.key = key or NodeKey.load_or_create(config.data_dir)
         self.store = store if store is not None else BlockStore.open(config.data_dir / "store")
@@ -396,6 +455,43 @@ class Node(_Peer):
                 stream_base=lambda: self.gateway_url,
                 on_malformed=functools.partial(self._malformed, "listens"),
             )
+        self.identity: IdentityService | None = None
+        if config.identity is not None:
+            self.identity = self._open_identity(config.identity)
+
+    def _open_identity(self, config: IdentityConfig) -> IdentityService:
+        """The identity role, in the discovery index's file, relaying to the chain and
+        the EntityManager that the discovery role indexes."""
+        from identity.service import IdentityService, RelayKeyError
+        from store.identity import IdentityStoreError
+
+        assert self.discovery is not None  # (NodeConfig requires it)
+        music = self.discovery.chain
+        try:
+            return IdentityService.open(
+                self.config.data_dir / "index.sqlite",  # (discovery.service.open_index's)
+                config,
+                handles=self.discovery.store,
+                access=self._chain_access() if config.relay_key_file is not None else None,
+                contract=music.contract,
+                chain_id=music.chain_id,
+            )
+        except (RelayKeyError, IdentityStoreError) as exc:
+            raise ConfigError(str(exc)) from None
+
+    def _chain_access(self) -> ChainAccess | None:
+        """The node's web3 for the relay's sends: the discovery reader's (the embedded
+        chain, tests), else the stake oracle's, else a new one on config.rpc."""
+        from chain.access import ChainAccess, ChainConfig, connect
+
+        assert self.discovery is not None
+        for holder in (self.discovery.chain.source, self.oracle):
+            access = getattr(holder, "access", None)
+            if isinstance(access, ChainAccess):
+                return access
+        if self.config.rpc is None:
+            return None
+        return ChainAccess(connect(ChainConfig(rpc=self.config.rpc)))
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -433,6 +529,8 @@ class Node(_Peer):
         finally:
             self._save_recent()
             self.store.close()
+            if self.identity is not None:
+                self.identity.close()
             if self.discovery is not None:
                 self.discovery.close()
 

@@ -38,6 +38,17 @@ from web3 import Web3
 from chain.access import ChainAccess, ChainUnavailable
 from chain.deploy import Deployment
 
+MANAGE_ENTITY_INPUTS: Final = (
+    "uint256",
+    "string",
+    "uint256",
+    "string",
+    "string",
+    "bytes32",
+    "bytes",
+)
+MANAGE_ENTITY_SELECTOR: Final = keccak(text=f"manageEntity({','.join(MANAGE_ENTITY_INPUTS)})")[:4]
+
 NAME: Final = "Entity Manager"
 VERSION: Final = "1"
 MAX_METADATA: Final = 8192
@@ -145,6 +156,11 @@ class SignedAction:
             self.nonce,
             self.signature,
         )
+
+    def calldata(self) -> bytes:
+        """The transaction input of this ``manageEntity`` call (what a relay is sent)."""
+        args = abi_encode(list(MANAGE_ENTITY_INPUTS), list(self.call_args()))
+        return MANAGE_ENTITY_SELECTOR + args
 
 
 def sign_action(

@@ -14,6 +14,7 @@ op                  params                            answer
 =================== ================================= ==========================
 user                id                                user
 user_by_handle      handle                            user
+user_by_wallet      wallet                            user
 user_tracks         id, page                          [track]
 user_playlists      id, page                          [playlist]
 user_reposts        id, page                          [track/playlist + kind]
@@ -57,6 +58,7 @@ from store.index import IndexStore, Kind, Page, Row, Window
 DEFAULT_LIMIT: Final = 10  # Audius' default page
 MAX_LIMIT: Final = 100
 MAX_OFFSET: Final = 10_000
+_WALLET: Final = re.compile(r"0x[0-9a-fA-F]{40}")
 MAX_QUERY: Final = 200  # characters of a search, after stripping
 MAX_HANDLE: Final = 30  # the rules' handle bound
 MAX_ID: Final = 2**63 - 1
@@ -191,6 +193,16 @@ def _by_handle(store: IndexStore, a: dict[str, Any]) -> Row:
     return row
 
 
+def _by_wallet(store: IndexStore, a: dict[str, Any]) -> Row:
+    wallet = a["wallet"]
+    if not isinstance(wallet, str) or not _WALLET.fullmatch(wallet):
+        raise BadRequest("wallet must be an address: 0x and 40 hex digits")
+    row = store.user_of_wallet(wallet.lower())
+    if row is None:
+        raise NotFound(f"no user with wallet {wallet}")
+    return row
+
+
 def _user_list(
     query: Callable[[IndexStore, int, Page], list[Row]],
 ) -> Query:
@@ -230,6 +242,7 @@ _SEARCH: Final = frozenset({"query", "limit", "offset"})
 OPERATIONS: Final[Mapping[str, Operation]] = {
     "user": Operation(_ID, lambda s, a: _user(s, a["id"])),
     "user_by_handle": Operation(frozenset({"handle"}), _by_handle),
+    "user_by_wallet": Operation(frozenset({"wallet"}), _by_wallet),
     "user_tracks": Operation(_ID_PAGE, _user_list(lambda s, i, p: s.user_tracks(i, p))),
     "user_playlists": Operation(_ID_PAGE, _user_list(lambda s, i, p: s.user_playlists(i, p))),
     "user_reposts": Operation(_ID_PAGE, _user_list(lambda s, i, p: s.user_reposts(i, p))),
@@ -278,6 +291,8 @@ def parse_params(op: str, params: object) -> dict[str, Any]:
         args["handle"] = _text(params, "handle", MAX_HANDLE)
     if "query" in operation.params:
         args["query"] = _text(params, "query", MAX_QUERY)
+    if "wallet" in operation.params:
+        args["wallet"] = params.get("wallet")
     if "window" in operation.params:
         args["window"] = _window(params)
         args["genre"] = _genre(params)

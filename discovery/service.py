@@ -121,6 +121,9 @@ class DiscoveryService:
         """The discovery part of the node's /health."""
         stats = self.indexer.stats()
         return {
+            # what a client signs actions and listens for
+            "chain_id": self.chain.chain_id,
+            "entity_manager": self.chain.contract,
             "block": stats.tip,
             "digest": stats.digest,
             "chain_head": stats.chain_head,

@@ -1,7 +1,7 @@
 """The gateway's ASGI application: content by CID, the player, pins, health, metrics.
 
-Routes (GET and HEAD, and POST on ``/v1/tracks/{id}/listen``; any other
-method is 405):
+Routes (GET and HEAD, and POST on ``/v1/tracks/{id}/listen`` and under
+``/identity/``; any other method is 405):
 
 ``/ipfs/{cid}``     the file, ``Cache-Control: immutable`` (a CID never changes)
 ``/content/{cid}``  the same, plus ``Content-Disposition`` with the pin's name
@@ -12,6 +12,9 @@ method is 405):
 ``/v1/...``         the discovery API in the Audius shape, on a discovery node
                     (users, tracks, playlists, search, trending, feed, stream,
                     listens: the route table is in :mod:`gateway.v1`)
+``/identity/...``   hedgehog accounts and the gas relay in the Audius identity
+                    service's shape, on an identity node (GET, POST and OPTIONS:
+                    the route table is in :mod:`gateway.identity`)
 
 Content answers: 400 for a string that is not a CID, 404 when no holder is
 known, 502 when holders were found and none delivered verified blocks, 504
@@ -37,7 +40,7 @@ from urllib.parse import quote
 
 import trio
 
-from gateway import health, v1
+from gateway import health, identity, v1
 from gateway.metrics import CONTENT_TYPE as METRICS_TYPE
 from gateway.metrics import GatewayMetrics
 from gateway.ranges import ByteRange, Unsatisfiable, if_range_allows, none_match, parse_range
@@ -179,6 +182,9 @@ class GatewayApp:
         if path.startswith(v1.PREFIX):  # it has a POST route and answers methods itself
             await v1.handle(self.node.discovery, request, receive, reply)
             return "v1"
+        if path.startswith(identity.PREFIX):  # POSTs and CORS preflights: it answers methods
+            await identity.handle(self.node.identity, request, receive, reply)
+            return "identity"
         if request.method not in ("GET", "HEAD"):
             await reply.error(405, "only GET and HEAD", [(b"allow", b"GET, HEAD")])
             return "other"

@@ -55,6 +55,8 @@ async def health_body(node: Node) -> dict[str, Any]:
     return {
         "version": version(),
         "peer_id": node.peer_id,
+        # where a light client (the SDK) dials this node for uploads and fetches
+        "addrs": [str(a) for a in node.host.addrs()],
         # the discovery role: indexed block, index digest, lag behind the chain head
         "discovery": None if node.discovery is None else node.discovery.health(),
         "eth_address": node.key.eth_address,

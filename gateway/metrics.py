@@ -2,7 +2,8 @@
 
 Each node has its own :class:`CollectorRegistry` (tests and the simnet run many
 nodes in one process, so the global registry would mix them). Node counters
-are read at scrape time by :class:`NodeCollector`; the gateway's own request
+are read at scrape time by :class:`NodeCollector` (with the identity role's
+accounts and relay counters on a node that has it); the gateway's own request
 counters live in :class:`GatewayMetrics`.
 """
 
@@ -17,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from gateway.health import repair_status
 
 if TYPE_CHECKING:
+    from identity.service import IdentityService
     from node import Node
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -105,6 +107,66 @@ class NodeCollector:
             "Owned CIDs not yet held here (replication backlog, as of the last repair round).",
             value=_count(getattr(repair_status(node), "backlog", 0)),
         )
+        if node.identity is not None:
+            yield from _identity_metrics(node.identity)
+
+
+def _identity_metrics(service: IdentityService) -> Iterable[Metric]:
+    """The identity role's counters: accounts, log-ins, and the gas relay."""
+    accounts = service.accounts
+    yield CounterMetricFamily(
+        "coliving_identity_signups",
+        "Accounts registered (POST /identity/user).",
+        value=accounts.signups,
+    )
+    yield CounterMetricFamily(
+        "coliving_identity_auth_saved",
+        "Auth documents stored (sign-ups and password resets), password changes apart.",
+        value=accounts.auths_saved,
+    )
+    yield CounterMetricFamily(
+        "coliving_identity_password_changes",
+        "Auth documents replaced by a password change (with oldLookupKey).",
+        value=accounts.password_changes,
+    )
+    yield _counted_by(
+        "coliving_identity_logins",
+        "Log-in attempts (GET /identity/authentication and its check), by outcome.",
+        "outcome",
+        accounts.logins,
+    )
+    yield _counted_by(
+        "coliving_identity_rate_limited",
+        "Identity requests refused by a token bucket, by bucket.",
+        "kind",
+        accounts.rate_limited,
+    )
+    yield _counted_by(
+        "coliving_identity_refused",
+        "Identity requests refused (bad input, taken, not found), by reason.",
+        "reason",
+        accounts.refused,
+    )
+    relay = service.relay
+    if relay is None:
+        return
+    yield CounterMetricFamily(
+        "coliving_relay_relayed",
+        "EntityManager actions the gas relay sent and saw mined.",
+        value=relay.relayed,
+    )
+    yield _counted_by(
+        "coliving_relay_refused",
+        "Relay requests refused (malformed, replay, wrong contract, chain), by reason.",
+        "reason",
+        relay.refused,
+    )
+    yield _counted_by(
+        "coliving_relay_rate_limited",
+        "Relay requests refused by a token bucket, by kind (ip or wallet).",
+        "kind",
+        relay.rate_limited,
+    )
 
 
 class GatewayMetrics:

@@ -16,6 +16,7 @@ route                               op                    method
 =================================== ===================== =========
 /v1/users/search?query=             search_users          GET
 /v1/users/handle/{handle}           user_by_handle        GET
+/v1/users/wallet/{wallet}           user_by_wallet        GET
 /v1/users/{id}                      user                  GET
 /v1/users/{id}/tracks               user_tracks           GET
 /v1/users/{id}/playlists            user_playlists        GET
@@ -124,6 +125,8 @@ def route(path: str) -> tuple[str, dict[str, Any]] | None:
             return "trending", {}
         case ["users", "handle", handle] if handle:
             return "user_by_handle", {"handle": handle}
+        case ["users", "wallet", wallet] if wallet:
+            return "user_by_wallet", {"wallet": wallet}
         case ["users", item_id]:
             return "user", {"id": item_id}
         case ["users", item_id, sub] if sub in _USER_LISTS:
@@ -172,9 +175,9 @@ def query_params(op: str, query: bytes, from_path: dict[str, Any]) -> dict[str, 
     return {**params, **from_path}
 
 
-async def read_body(receive: Receive, declared: str | None) -> bytes:
-    """The request body, at most MAX_BODY bytes (TooLarge otherwise)."""
-    if declared is not None and declared.strip().isdigit() and int(declared) > MAX_BODY:
+async def read_body(receive: Receive, declared: str | None, limit: int = MAX_BODY) -> bytes:
+    """The request body, at most ``limit`` bytes (TooLarge otherwise)."""
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
         raise TooLarge
     body = b""
     while True:
@@ -182,7 +185,7 @@ async def read_body(receive: Receive, declared: str | None) -> bytes:
         if message["type"] == "http.disconnect":
             break
         body += message.get("body", b"")
-        if len(body) > MAX_BODY:
+        if len(body) > limit:
             raise TooLarge
         if not message.get("more_body", False):
             break

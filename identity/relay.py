@@ -34,27 +34,28 @@ from typing import Any, Final
 from eth_abi.abi import decode as abi_decode
 from eth_abi.abi import encode as abi_encode
 from eth_utils.address import is_hex_address, to_checksum_address
-from eth_utils.crypto import keccak
 
 from chain.access import ChainUnavailable
-from chain.entity import SignedAction, recover_signer
+from chain.entity import (
+    MANAGE_ENTITY_INPUTS,
+    MANAGE_ENTITY_SELECTOR,
+    SignedAction,
+    recover_signer,
+)
 from chain.errors import ChainRevert
 from chain.relay import RelayFailed, RelayWallet
 from discovery.listens import RateLimited, TokenBuckets
 
 MAX_BODY: Final = 16 * 1024
-MANAGE_ENTITY_INPUTS: Final = (
-    "uint256",
-    "string",
-    "uint256",
-    "string",
-    "string",
-    "bytes32",
-    "bytes",
-)
-MANAGE_ENTITY_SELECTOR: Final = keccak(text=f"manageEntity({','.join(MANAGE_ENTITY_INPUTS)})")[:4]
 
-__all__ = ["RateLimited", "Relay", "RelayConfig", "RelayRefused"]
+__all__ = [
+    "MANAGE_ENTITY_INPUTS",
+    "MANAGE_ENTITY_SELECTOR",
+    "RateLimited",
+    "Relay",
+    "RelayConfig",
+    "RelayRefused",
+]
 
 
 class RelayRefused(ValueError):
@@ -200,7 +201,7 @@ class Relay:
                 raise RelayRefused("this signed action is already being relayed", reason="replay")
             self._in_flight.add(digest)
             try:
-                sent = await self.wallet.submit(self.contract, _calldata(signed))
+                sent = await self.wallet.submit(self.contract, signed.calldata())
             finally:
                 self._in_flight.discard(digest)
         except RelayRefused as exc:
@@ -218,7 +219,3 @@ class Relay:
             raise
         self.relayed += 1
         return {"txHash": "0x" + sent.tx_hash.hex(), "block": sent.block}
-
-
-def _calldata(signed: SignedAction) -> bytes:
-    return MANAGE_ENTITY_SELECTOR + abi_encode(list(MANAGE_ENTITY_INPUTS), list(signed.call_args()))

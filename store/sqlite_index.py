@@ -916,6 +916,14 @@ class SqliteIndex:
             ).fetchone()
             return None if got is None else self._users(db, [got[0]]).get(got[0])
 
+    def user_of_wallet(self, wallet: str) -> Row | None:
+        with self._read() as db:
+            got = db.execute(
+                "SELECT user_id FROM users WHERE wallet = ? ORDER BY user_id LIMIT 1",
+                (wallet.lower(),),
+            ).fetchone()
+            return None if got is None else self._users(db, [got[0]]).get(got[0])
+
     def user_tracks(self, user_id: int, page: Page) -> list[Row]:
         with self._read() as db:
             ids = [

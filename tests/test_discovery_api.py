@@ -115,6 +115,7 @@ async def test_every_op_is_listed() -> None:
     assert set(OPS) == {
         "user",
         "user_by_handle",
+        "user_by_wallet",
         *ID_PAGE_OPS,
         "track",
         "playlist",
@@ -716,6 +717,12 @@ async def test_every_operation_over_http_and_libp2p(tmp_path: Path) -> None:
         assert (await net.get("/v1/users/1/")).json()["data"]["id"] == 1
         head = await net.http.head("/v1/users/1")
         assert head.status_code == 200 and head.content == b""
+        # by wallet (how a client that logged in finds its user), in any case
+        wallet = (await net.get("/v1/users/3")).json()["data"]["wallet"]
+        for spelling in (wallet, wallet.upper().replace("0X", "0x")):
+            assert (await net.ask("user_by_wallet", {"wallet": spelling}))["id"] == 3
+            got = await net.get(f"/v1/users/wallet/{spelling}")
+            assert got.status_code == 200 and got.json()["data"]["id"] == 3
 
 
 async def test_stream_redirects_to_the_gateways_ipfs(tmp_path: Path) -> None:
@@ -772,6 +779,10 @@ P2P_REFUSALS: list[tuple[str, dict[str, Any], int, str]] = [
     ("user", {"id": 1, "page": 2}, 400, "unknown parameters for user: page"),
     ("user_by_handle", {"handle": "nobody"}, 404, "no user with handle"),
     ("user_by_handle", {"handle": "x" * 31}, 400, "handle must be 1..30"),
+    ("user_by_wallet", {"wallet": "0x" + "ab" * 20}, 404, "no user with wallet"),
+    ("user_by_wallet", {"wallet": "0x12"}, 400, "wallet must be an address"),
+    ("user_by_wallet", {"wallet": 5}, 400, "wallet must be an address"),
+    ("user_by_wallet", {}, 400, "wallet must be an address"),
     ("user_tracks", {"id": 99}, 404, "no user 99"),
     ("feed", {"id": 99}, 404, "no user 99"),
     ("track", {"id": 12}, 404, "no track 12"),  # deleted
@@ -797,6 +808,7 @@ HTTP_REFUSALS: list[tuple[str, dict[str, str], int, str]] = [
     ("/v1/users/1", {"id": "2"}, 400, "unknown parameters for user: id"),
     ("/v1/users/1", {"foo": "1"}, 400, "unknown parameters for user: foo"),
     ("/v1/users/handle/nobody", {}, 404, "no user with handle"),
+    ("/v1/users/wallet/0xnothex", {}, 400, "wallet must be an address"),
     ("/v1/users/99/tracks", {}, 404, "no user 99"),
     ("/v1/users/99/playlists", {}, 404, "no user 99"),
     ("/v1/users/99/reposts", {}, 404, "no user 99"),

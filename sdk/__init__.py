@@ -1,0 +1,1 @@
+"""The Python SDK of Coliving (client side: nothing here runs a node)."""

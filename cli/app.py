@@ -30,6 +30,7 @@ from rich.progress import (
 )
 
 from chain.oracle import AllowlistOracle
+from cli.music import register as register_music
 from cli.operator import chain_app, operator_app
 from cli.simnet import simnet_app
 from node import Client, ConfigError, Node, NodeConfig, file_chunks
@@ -58,6 +59,7 @@ discovery_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(discovery_app, name="discovery")
+register_music(app)
 err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 

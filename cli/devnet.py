@@ -13,10 +13,12 @@ free port by default), whose URL is printed.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, Final
 
 import trio
 from rich.console import Console
@@ -27,9 +29,9 @@ from cli.sample import sample_wav
 from node import ConfigError, Node, NodeConfig
 from protocols import announce
 from simnet.local import start_nodes, wait_for_mesh
-from store.index import Page
 
 out = Console(highlight=False, soft_wrap=True)
+RELAY_FUNDS: Final = 1000 * 10**18  # wei for the devnet relay's gas
 
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:
@@ -113,10 +115,16 @@ async def start_gateway(nursery: trio.Nursery, node: Node, bind: str) -> None:
 async def start_discovery(
     nursery: trio.Nursery, chain: LocalChain, nodes: list[Node], base: Path
 ) -> Node:
-    """A staked discovery node (``discovery0``) indexing the chain, with its own gateway."""
+    """A staked discovery node (``discovery0``) indexing the chain, with its own
+    gateway and the identity service (accounts and a funded gas relay)."""
+    import secrets
+
+    from eth_account import Account
+
     from chain.deploy import DISCOVERY_NODE
     from chain.entity import EntityReader
     from discovery.service import DiscoveryConfig, MusicChain
+    from identity.accounts import IdentityConfig
     from p2p.keys import NodeKey
 
     d = chain.deployment
@@ -124,10 +132,18 @@ async def start_discovery(
     data_dir = base / "discovery0"
     key = NodeKey.load_or_create(data_dir)
     await chain.register(key, service_type=DISCOVERY_NODE)
+    relay_key = data_dir / "relay.key"
+    if not relay_key.exists():
+        fd = os.open(relay_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("0x" + secrets.token_hex(32) + "\n")
+    relay_wallet = Account.from_key(relay_key.read_text().strip()).address
+    await chain.fund(relay_wallet, RELAY_FUNDS)
     config = NodeConfig.load(
         data_dir,
         bootstrap=(nodes[0].host.addrs()[0],),
-        discovery=DiscoveryConfig(),
+        discovery=DiscoveryConfig(trending_interval=15.0),
+        identity=IdentityConfig(relay_key_file=relay_key),
         gateway="127.0.0.1:0",
     )
     music = MusicChain(
@@ -140,57 +156,83 @@ async def start_discovery(
     await nursery.start(node.run)
     out.print(
         f"  discovery0  {node.host.addrs()[0]}  indexing EntityManager {d.entity_manager}; "
-        f"API {node.gateway_url}/v1"
+        f"API {node.gateway_url}/v1, accounts and relay {node.gateway_url}/identity "
+        f"(relay wallet {relay_wallet})"
     )
     return node
 
 
-async def run_music_demo(chain: LocalChain, discovery: Node, stream_cid: str) -> None:
-    """An artist signs up and publishes the sample as a track; discovery0 indexes it."""
-    import json
-    import secrets
+# the demo's people and tracks: (handle, name, [(title, genre, bpm, seconds)])
+ARTISTS: Final = (
+    ("lumen_tide", "Lumen Tide", [("Harbour Lights", "Ambient", 72, 20.0),
+                                  ("Salt and Signal", "Electronic", 118, 16.0)]),
+    ("okra_brass", "Okra Brass", [("Second Line Sunday", "Jazz", 96, 18.0),
+                                  ("Copper Kettle", "Funk", 104, 14.0)]),
+)  # fmt: skip
+PASSWORD: Final = "devnet password"
 
-    from chain.entity import sign_action
 
-    assert discovery.discovery is not None and chain.deployment.entity_manager is not None
-    key = secrets.token_bytes(32)
-    track_id = 1
+async def run_music_demo(discovery: Node, sample_dir: Path) -> None:
+    """Through the SDK, as real users would: two artists sign up (email and
+    password; no ETH) and upload generated tracks with artwork; a fan signs up,
+    follows both, reposts, saves and listens. Then what to try."""
+    from cli.sample import sample_artwork
+    from sdk import Coliving
 
-    async def act(entity_type: str, entity_id: int, action: str, meta: dict[str, object]) -> int:
-        assert chain.deployment.entity_manager is not None
-        signed = sign_action(
-            key,
-            chain_id=chain.deployment.chain_id,
-            contract=chain.deployment.entity_manager,
-            user_id=1,
-            entity_type=entity_type,
-            entity_id=entity_id,
-            action=action,
-            metadata=json.dumps(meta),
+    assert discovery.discovery is not None and discovery.gateway_url is not None
+    url = discovery.gateway_url
+    out.print("\n[bold]demo[/bold]: artists and a fan, through the SDK and the gas relay")
+    tracks: list[dict[str, Any]] = []
+    for n, (handle, name, songs) in enumerate(ARTISTS):
+        async with Coliving.connect(url) as co:
+            t0 = time.perf_counter()
+            await co.signup(f"{handle}@devnet.example", PASSWORD, handle=handle, name=name)
+            line = f"  @{handle} signed up ({(time.perf_counter() - t0) * 1000:.0f} ms)"
+            for i, (title, genre, bpm, seconds) in enumerate(songs):
+                wav = sample_dir / f"{handle}-{i}.wav"
+                wav.write_bytes(sample_wav(seconds, bpm=bpm))
+                art = sample_dir / f"{handle}-{i}.png"
+                art.write_bytes(sample_artwork(3 * n + i))
+                t1 = time.perf_counter()
+                track = await co.upload_track(wav, title=title, genre=genre, artwork=art)
+                tracks.append(track)
+                line += (
+                    f"; uploaded {title!r} (id {track['id']}, transcoded, artwork, "
+                    f"{(time.perf_counter() - t1) * 1000:.0f} ms)"
+                )
+            out.print(line)
+    async with Coliving.connect(url) as fan:
+        me = await fan.signup("fan@devnet.example", PASSWORD, handle="devnet_fan", name="A Fan")
+        for track in tracks:
+            if track["user"]["id"] not in [u["id"] for u in await fan.following(me.user_id)]:
+                await fan.follow(track["user"]["id"])
+            await fan.listen(track["id"])
+        await fan.repost(tracks[0]["id"])
+        await fan.save(tracks[2]["id"])
+        feed = await fan.feed()
+        await discovery.discovery.refresh_trending()
+        top = await fan.trending("week", limit=1)
+        found = await fan.search("harb")
+        out.print(
+            f"  @devnet_fan follows both, listened to {len(tracks)} tracks, reposted "
+            f"{tracks[0]['title']!r}; feed has {len(feed)} items; trending #1: "
+            f"{top[0]['title'] if top else '-'!r}; search 'harb' finds "
+            f"{[t['title'] for t in found]}"
         )
-        return await chain.submit(signed)
-
-    out.print("\n[bold]demo[/bold]: an artist signs up and publishes the sample on chain")
-    t0 = time.perf_counter()
-    await act("User", 1, "Create", {"handle": "devnet_artist", "name": "Devnet Artist"})
-    block = await act(
-        "Track",
-        track_id,
-        "Create",
-        {"title": "Sample Tone", "genre": "Electronic", "duration": 3.0, "stream_cid": stream_cid},
+    first = tracks[0]["id"]
+    out.print("\ntry (the accounts' password is 'devnet password'):")
+    out.print(f"  curl '{url}/v1/tracks/search?query=salt'")
+    out.print(f"  curl '{url}/v1/tracks/trending?time=week'")
+    out.print(f"  curl '{url}/v1/users/handle/lumen_tide'")
+    out.print(f"  [bold]player: {url}/v1/tracks/{first}/stream[/bold]  (open in a browser)")
+    out.print(f"  export COLIVING_GATEWAY={url} COLIVING_HOME=$(mktemp -d)")
+    out.print("  coliving account login fan@devnet.example")
+    out.print("  coliving feed;  coliving trending;  coliving search copper")
+    out.print(f"  coliving play {first} | ffplay -nodisp -")
+    out.print("  coliving account signup you@example.com --handle you")
+    out.print(
+        "  coliving track upload SONG.flac --title 'My Song' --genre Electronic --artwork C.jpg"
     )
-    with trio.fail_after(30):
-        await discovery.discovery.indexer.wait_for(block)
-    found = await trio.to_thread.run_sync(
-        discovery.discovery.store.search_tracks, "sample", Page(limit=1)
-    )
-    ms = (time.perf_counter() - t0) * 1000
-    verdict = "[green]yes[/green]" if found else "[red]NO[/red]"
-    out.print(f"  signed, relayed and indexed in {ms:.0f} ms; found by search: {verdict}")
-    api = discovery.gateway_url
-    out.print(f"  try:  curl '{api}/v1/tracks/search?query=samp'")
-    out.print(f"        curl '{api}/v1/users/handle/devnet_artist'")
-    out.print(f"        curl -L '{api}/v1/tracks/{track_id}/stream' | ffplay -nodisp -")
 
 
 async def describe_chain(chain: LocalChain, rpc: str, nodes: list[Node]) -> None:
@@ -238,8 +280,8 @@ async def run_devnet(
             out.print(f"  coliving get CID -o OUT --node {nodes[-1].host.addrs()[0]}")
             out.print(f"  coliving peers --node {addr}")
             if demo:
-                stream_cid = await run_demo(nodes, base)
-                await run_music_demo(chain, discovery, stream_cid)
+                await run_demo(nodes, base)
+                await run_music_demo(discovery, base)
                 await run_unstaked_demo(nursery, nodes, base)
             if exit_after_demo:
                 nursery.cancel_scope.cancel()

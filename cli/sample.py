@@ -50,3 +50,22 @@ def sample_wav(seconds: float = 24.0, bpm: int = 120) -> bytes:
         wav.setframerate(RATE)
         wav.writeframes(bytes(frames))
     return out.getvalue()
+
+
+def sample_artwork(seed: int, size: int = 1200) -> bytes:
+    """A square PNG: two colours from ``seed`` in diagonal bands (cover art for the demo)."""
+    import colorsys
+
+    from PIL import Image, ImageDraw
+
+    hue = (seed * 0.173) % 1.0
+    one = tuple(int(c * 255) for c in colorsys.hsv_to_rgb(hue, 0.55, 0.95))
+    two = tuple(int(c * 255) for c in colorsys.hsv_to_rgb((hue + 0.5) % 1.0, 0.7, 0.45))
+    image = Image.new("RGB", (size, size), two)
+    draw = ImageDraw.Draw(image)
+    band = size // 8
+    for i in range(-size, size, 2 * band):
+        draw.polygon([(i, 0), (i + band, 0), (i + band + size, size), (i + size, size)], fill=one)
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()

@@ -54,6 +54,9 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.clients
 	$(BIN)/python -m bench.lagging
 	$(BIN)/python -m bench.collect
+	$(BIN)/python -m bench.relay
+	$(BIN)/python -m bench.transcode
+	$(BIN)/python -m bench.upload
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache

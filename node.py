@@ -57,6 +57,7 @@ PROBE_TIMEOUT = 10.0  # a connected member that cannot open a stream in this lon
 GOSSIP_DEGREE = 6  # staked members a node keeps connected (gossipsub's mesh degree D)
 MISBEHAVIOUR_KEPT = 1024  # peers whose last ban's reason is kept (simnet reports read them)
 RECENT_ROOTS = 4096  # fetched roots remembered, newest first, for the cache a collection keeps
+RELAY_RPC_SLOTS = 8  # concurrent chain calls of the gas relay on an RPC chain
 
 
 class ConfigError(ValueError):
@@ -480,18 +481,20 @@ class Node(_Peer):
             raise ConfigError(str(exc)) from None
 
     def _chain_access(self) -> ChainAccess | None:
-        """The node's web3 for the relay's sends: the discovery reader's (the embedded
-        chain, tests), else the stake oracle's, else a new one on config.rpc."""
-        from chain.access import ChainAccess, ChainConfig, connect
+        """The web3 for the relay's sends: on an RPC chain a pool of its own
+        (RELAY_RPC_SLOTS concurrent estimates, sends and receipt polls, never
+        queued behind the indexer's or the oracle's reads), else the discovery
+        reader's (the embedded chain, tests), else the stake oracle's."""
+        from chain.access import ChainAccess, ChainConfig
 
         assert self.discovery is not None
+        if self.config.rpc is not None and self.config.rpc.startswith(("http://", "https://")):
+            return ChainAccess.pool(ChainConfig(rpc=self.config.rpc), RELAY_RPC_SLOTS)
         for holder in (self.discovery.chain.source, self.oracle):
             access = getattr(holder, "access", None)
             if isinstance(access, ChainAccess):
                 return access
-        if self.config.rpc is None:
-            return None
-        return ChainAccess(connect(ChainConfig(rpc=self.config.rpc)))
+        return None
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:

@@ -30,6 +30,7 @@ import trio
 from eth_account import Account
 
 from bench.discovery_index import _rpc
+from chain.access import ChainAccess, ChainConfig
 from chain.entity import SignedAction, sign_action
 from chain.local import LocalChain, open_chain
 from chain.relay import RelayWallet
@@ -140,7 +141,7 @@ def _signer_of(action: SignedAction) -> str:
     return signer
 
 
-async def main(count: int, users: int, concurrency: int, rounds: int) -> None:
+async def main(count: int, users: int, concurrency: int, rounds: int, slots: int) -> None:
     from tests.anvil import anvil_available, start_anvil
 
     if not anvil_available():
@@ -148,7 +149,8 @@ async def main(count: int, users: int, concurrency: int, rounds: int) -> None:
         return
     with start_anvil(extra_args=["--gas-limit", "2000000000"]) as url:
         chain = await open_chain(url)
-        wallet = RelayWallet(chain.access, secrets.token_bytes(32), poll_interval=0.005)
+        access = ChainAccess.pool(ChainConfig(rpc=url), slots) if slots > 1 else chain.access
+        wallet = RelayWallet(access, secrets.token_bytes(32), poll_interval=0.005)
         await chain.fund(wallet.address, 1000 * ETH)
         assert chain.deployment.entity_manager is not None
         unlimited = RelayConfig(wallet_rate=1e9, wallet_burst=10**9, ip_rate=1e9, ip_burst=10**9)
@@ -169,7 +171,7 @@ async def main(count: int, users: int, concurrency: int, rounds: int) -> None:
         nonce_errors = wallet.nonce_resyncs
     raw_s, relay_s = statistics.median(raws), statistics.median(relayed)
     print(f"relay throughput on anvil (automine): {count} actions x {rounds} rounds, "
-          f"{users} users, {concurrency} concurrent clients")  # fmt: skip
+          f"{users} users, {concurrency} clients, {slots} chain call slot(s)")  # fmt: skip
     print(
         f"  anvil raw eth_sendRawTransaction + receipt {count / raw_s:8.0f} tx/s  ({raw_s:.2f} s)"
     )
@@ -185,10 +187,14 @@ def cli() -> None:
     parser.add_argument("--users", type=int, default=10, help="distinct user wallets")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent clients")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--slots", type=int, default=8, help="the relay's concurrent RPC calls")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 40 actions, 1 round")
     args = parser.parse_args()
-    if args.actions < 1 or args.users < 1 or args.concurrency < 1 or args.rounds < 1:
+    if args.quick:
+        args.actions, args.rounds = 40, 1
+    if min(args.actions, args.users, args.concurrency, args.rounds, args.slots) < 1:
         parser.error("every count must be at least 1")
-    trio.run(main, args.actions, args.users, args.concurrency, args.rounds)
+    trio.run(main, args.actions, args.users, args.concurrency, args.rounds, args.slots)
 
 
 if __name__ == "__main__":

@@ -55,17 +55,36 @@ def connect(config: ChainConfig) -> Web3:
 
 
 class ChainAccess:
-    """Serialises sync web3 calls onto one worker thread."""
+    """Serialises sync web3 calls onto one worker thread; or, made by
+    :meth:`pool` for an RPC URL, runs up to N at once, each thread on a Web3
+    of its own (an HTTP provider is safe in one thread at a time, not shared)."""
 
-    def __init__(self, w3: Web3) -> None:
+    def __init__(self, w3: Web3, *, more: tuple[Web3, ...] = ()) -> None:
         self.w3 = w3
-        self._limiter = trio.CapacityLimiter(1)
+        self._free = [w3, *more]
+        self._limiter = trio.CapacityLimiter(len(self._free))
         self.calls = 0
+
+    @classmethod
+    def pool(cls, config: ChainConfig, slots: int) -> ChainAccess:
+        """``slots`` concurrent calls to ``config.rpc`` (one for the embedded chain)."""
+        if slots < 1:
+            raise ValueError("a chain access pool needs at least one slot")
+        if config.rpc == EMBEDDED:
+            return cls(connect(config))
+        return cls(connect(config), more=tuple(connect(config) for _ in range(slots - 1)))
+
+    def _call(self, fn: Callable[[Web3], T]) -> T:
+        w3 = self._free.pop()  # under the limiter: there is always one free
+        try:
+            return fn(w3)
+        finally:
+            self._free.append(w3)
 
     async def run(self, fn: Callable[[Web3], T]) -> T:
         self.calls += 1
         try:
-            return await trio.to_thread.run_sync(fn, self.w3, limiter=self._limiter)
+            return await trio.to_thread.run_sync(self._call, fn, limiter=self._limiter)
         except (OSError, ConnectionError) as exc:
             raise ChainUnavailable(f"chain RPC unreachable: {exc}") from None
         except Exception as exc:

@@ -21,6 +21,7 @@ from media.errors import MediaError
 ARTWORK_SIZES: Final = (150, 480, 1000)
 MAX_PIXELS: Final = 50_000_000  # 50 Mpx: bigger than any camera's picture a user would pick
 JPEG_QUALITY: Final = 88
+_WIDE_GREY: Final = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 
 
 def _name(source: Path | bytes) -> str:
@@ -40,6 +41,9 @@ def _open(source: Path | bytes) -> Image.Image:
         raise MediaError(f"{name} is empty")
     try:
         image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        # Pillow's own bound (twice its MAX_IMAGE_PIXELS) trips before ours is checked.
+        raise MediaError(f"{name} is over {MAX_PIXELS // 1_000_000} megapixels") from None
     except (UnidentifiedImageError, OSError, ValueError):
         raise MediaError(f"{name} is not an image Pillow can open") from None
     width, height = image.size
@@ -61,6 +65,9 @@ def _rgb(image: Image.Image) -> Image.Image:
         flat = Image.new("RGB", rgba.size, (255, 255, 255))
         flat.paste(rgba, mask=rgba.getchannel("A"))
         return flat
+    if image.mode in _WIDE_GREY:
+        # convert("RGB") clips 16-bit grey at 255 (a white square): scale it down first.
+        image = image.point(lambda value: value / 256).convert("L")
     return image.convert("RGB")
 
 

@@ -11,8 +11,16 @@ gives back exactly the source's number of samples.
 The duration is counted from decoded samples, not read from the container
 (whose header may lie). Refused, with a :class:`MediaError`: an empty file,
 one ffmpeg cannot open or finds no audio in, one whose decoding fails or
-yields markedly less than its header promises (corrupt), one longer than
+yields less than its header promises (corrupt), one longer than
 ``max_duration`` (checked from the header first, then as it decodes).
+
+How far the header is believed depends on where its duration comes from. A
+lossless or PCM header's sample count is exact, and FLAC's parser skips a
+garbled stretch without an error, so such a file that decodes more than
+:data:`LOSSLESS_SLACK` short of its header is corrupt. A raw MP3 or ADTS AAC
+file without a frame count only has ffmpeg's estimate from the first frame's
+bit rate (a VBR file that starts quietly is "estimated" at several times its
+length), so there the header is used for progress and for nothing else.
 """
 
 from __future__ import annotations
@@ -34,7 +42,10 @@ LAYOUT: Final = "stereo"
 BIT_RATE: Final = 320_000
 PREVIEW_SECONDS: Final = 30.0
 CODEC: Final = "libmp3lame"
-SHORTFALL: Final = 0.9  # decoding less than this share of the header's duration: corrupt
+SHORTFALL: Final = 0.9  # lossy: decoding less than this share of the header's duration: corrupt
+LOSSLESS_SLACK: Final = 0.1  # seconds: a lossless file's last block may be short, never more
+# Demuxers whose duration, lacking a Xing/VBRI frame count, is a bit-rate estimate.
+_ESTIMATED: Final = frozenset({"mp3", "aac"})
 
 
 @dataclass(frozen=True)
@@ -137,7 +148,9 @@ def transcode(
     name = source.name
     with _open(source) as container:
         claimed = _header_duration(container)
-        if claimed is not None and claimed > max_duration:
+        lossless = container.streams.audio[0].codec_context.codec.lossless
+        exact = lossless or container.format.name not in _ESTIMATED
+        if exact and claimed is not None and claimed > max_duration:
             raise MediaError(
                 f"{name} is {claimed:.0f} s long: over the limit of {max_duration:.0f} s"
             )
@@ -170,7 +183,11 @@ def transcode(
         take(resampler.resample(None))
     if seconds <= 0:
         raise MediaError(f"{name} is not an audio file (nothing in it decodes as sound)")
-    if claimed and seconds < SHORTFALL * claimed:
+    if (
+        claimed
+        and exact
+        and seconds < (claimed - LOSSLESS_SLACK if lossless else SHORTFALL * claimed)
+    ):
         raise MediaError(
             f"{name} is corrupt: it decodes to {seconds:.1f} s of the {claimed:.1f} s "
             "its header claims"

@@ -1,4 +1,5 @@
-"""The transfer, availability, gossip, clients, lagging and collect benchmarks run
+"""The transfer, availability, gossip, clients, lagging, collect, relay, transcode and upload
+benchmarks run
 end to end (``--quick``) and print their figures.
 
 A smoke run only: the figures are not judged here (timings on a shared CI
@@ -101,3 +102,24 @@ def test_quick_collect_benchmark_prints_its_figures(tmp_path: Path) -> None:
     assert re.search(rf"^collection: {NUMBER} ms in [0-9]+ steps; removed 40 blocks", out, re.M)
     assert re.search(rf"^longest step: .*; ratio {NUMBER}$", out, re.M), out
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_quick_relay_benchmark_prints_its_figures(tmp_path: Path) -> None:
+    out = quick_run("bench.relay", tmp_path, timeout=240)
+    assert re.search(rf"anvil raw .* {NUMBER} tx/s", out), out
+    assert re.search(rf"relay .* {NUMBER} actions/s", out), out
+    assert "every action landed" in out
+
+
+@pytest.mark.slow
+def test_quick_upload_benchmark_prints_its_figures(tmp_path: Path) -> None:
+    out = quick_run("bench.upload", tmp_path, timeout=240)
+    for label in ("decode alone", "transcode alone", "upload to searchable "):
+        assert re.search(rf"{label}[^0-9]*{NUMBER} s", out), (label, out)
+
+
+def test_quick_transcode_benchmark_prints_its_figures(tmp_path: Path) -> None:
+    out = quick_run("bench.transcode", tmp_path, timeout=120)
+    assert re.search(rf"decode alone[^0-9]*{NUMBER} s", out), out
+    assert re.search(rf"output: stream {NUMBER} MB \(32[0-9] kbps\)", out), out

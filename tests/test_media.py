@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import io
 import os
+import random
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -162,3 +164,124 @@ def test_bad_images(tmp_path: Path) -> None:
     huge = Image.new("1", (10_000, 6_000))
     with pytest.raises(MediaError, match="megapixels"):
         artwork_variants(_png(huge))
+
+
+def _lame_tag(data: bytes) -> tuple[int, int, int]:
+    """(MP3 frames, encoder delay, padding) from the Xing/Info header's LAME extension:
+    after "Info", 4 flag bytes, frames (4), bytes (4), TOC (100), quality (4), the
+    9-byte encoder string and 12 bytes of levels and gains, 12 bits each."""
+    at = data.find(b"Info")
+    assert at > 0, "no Info header: a CBR MP3 from ffmpeg's muxer carries one"
+    assert data[at + 4 : at + 8] == b"\x00\x00\x00\x0f"  # frames, bytes, TOC, quality
+    frames = int.from_bytes(data[at + 8 : at + 12], "big")
+    gapless = data[at + 120 + 21 : at + 120 + 24]
+    return frames, gapless[0] << 4 | gapless[1] >> 4, (gapless[1] & 0x0F) << 8 | gapless[2]
+
+
+def test_the_mp3_header_accounts_for_the_encoder_delay(tmp_path: Path) -> None:
+    # 44.1 kHz in, nothing resampled: the sample count must come back exactly
+    source = write_tone(tmp_path / "tone.wav", 2.5, codec="pcm_s16le")
+    done = transcode(source)
+    frames, delay, padding = _lame_tag(done.stream)
+    assert delay >= 576  # LAME's own encoder delay, at the least
+    raw = frames * 1152  # every MP3 frame decodes to 1152 samples before trimming
+    with av.open(io.BytesIO(done.stream), mode="r") as container:
+        stream = container.streams.audio[0]
+        packets = sum(1 for packet in container.demux(stream) if packet.size)
+    assert packets == frames
+    assert raw - delay - padding == round(2.5 * SAMPLE_RATE)
+    assert decoded(done.stream)[3] * SAMPLE_RATE == raw - delay - padding
+
+
+def _vorbis(path: Path, seconds: float, rate: int = 44100) -> Path:
+    """ffmpeg's own Vorbis encoder (the wheel has no libvorbis): experimental, stereo only."""
+    total = round(seconds * rate)
+    with av.open(str(path), "w", format="ogg") as out:
+        stream = out.add_stream("vorbis", rate=rate, layout="stereo")
+        stream.codec_context.options = {"strict": "experimental"}
+        for start in range(0, total, 4096):
+            count = min(4096, total - start)
+            t = (np.arange(count) + start) / rate
+            wave = (0.3 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)
+            frame = av.AudioFrame.from_ndarray(
+                np.stack([wave, wave]), format="fltp", layout="stereo"
+            )
+            frame.sample_rate = rate
+            frame.pts = start
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def test_ogg_vorbis(tmp_path: Path) -> None:
+    done = transcode(_vorbis(tmp_path / "tone.ogg", 2.5))
+    assert done.source_format == "ogg"
+    assert abs(done.duration - 2.5) <= TOLERANCE
+    assert abs(decoded(done.stream)[3] - 2.5) <= TOLERANCE
+
+
+def test_a_small_hole_in_a_flac_is_corrupt(tmp_path: Path) -> None:
+    # FLAC's parser skips a garbled stretch without an error: only the header's exact
+    # sample count shows that a second of the track is missing
+    data = bytearray(write_tone(tmp_path / "ok.flac", 20.0).read_bytes())
+    hole = len(data) // 20
+    middle = len(data) // 2
+    data[middle : middle + hole] = random.Random(7).randbytes(hole)
+    path = tmp_path / "holed.flac"
+    path.write_bytes(bytes(data))
+    with pytest.raises(MediaError, match=r"holed\.flac is corrupt"):
+        transcode(path)
+
+
+def _vbr_mp3_without_frame_count(path: Path, quiet: float, loud: float) -> Path:
+    """A VBR MP3 with no Xing header that starts silent: ffmpeg estimates its duration
+    from the first (smallest) frame's bit rate, several times too long."""
+    rate = 44100
+    noise = np.random.default_rng(5)
+    with av.open(str(path), "w", format="mp3", options={"write_xing": "0"}) as out:
+        stream = out.add_stream("libmp3lame", rate=rate, layout="stereo")
+        stream.codec_context.qscale = True  # VBR, at LAME's -V0 (global_quality 0)
+        total, start = round((quiet + loud) * rate), 0
+        while start < total:
+            count = min(4096, total - start)
+            if start < quiet * rate:
+                chunk = np.zeros((2, count), np.float32)
+            else:
+                chunk = (noise.standard_normal((2, count)) * 0.25).astype(np.float32)
+            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo")
+            frame.sample_rate = rate
+            frame.pts = start
+            out.mux(stream.encode(frame))
+            start += count
+        out.mux(stream.encode(None))
+    return path
+
+
+def test_an_mp3_whose_header_only_estimates_is_judged_by_its_samples(tmp_path: Path) -> None:
+    path = _vbr_mp3_without_frame_count(tmp_path / "vbr.mp3", quiet=5.0, loud=15.0)
+    assert probe_duration(path) > 60.0  # the estimate is far off...
+    done = transcode(path, max_duration=60.0)  # ...so it neither refuses nor corrupts
+    assert abs(done.duration - 20.0) <= TOLERANCE
+    with pytest.raises(MediaError, match="longer than the limit of 10 s"):
+        transcode(path, max_duration=10.0)  # the decoded samples still count
+
+
+def test_pillows_own_bomb_bound_is_a_media_error() -> None:
+    # past twice Image.MAX_IMAGE_PIXELS Pillow raises its own error from open()
+    huge = Image.new("1", (15_000, 12_000))
+    with pytest.raises(MediaError, match="megapixels"):
+        artwork_variants(_png(huge))
+
+
+def test_sixteen_bit_grey_and_cmyk_artwork() -> None:
+    grey = Image.fromarray(np.full((200, 300), 40_000, dtype=np.uint16))
+    assert grey.mode.startswith("I")
+    pixel = Image.open(io.BytesIO(artwork_variants(_png(grey))[150])).getpixel((75, 75))
+    assert isinstance(pixel, tuple) and all(abs(value - 40_000 // 256) <= 3 for value in pixel)
+    cmyk = io.BytesIO()
+    Image.new("CMYK", (500, 300), (0, 255, 255, 0)).save(cmyk, "JPEG")  # red in ink
+    variants = artwork_variants(cmyk.getvalue())
+    for size, data in variants.items():
+        assert jpeg_size(data) == ("JPEG", (size, size), "RGB")
+    red = Image.open(io.BytesIO(variants[150])).getpixel((75, 75))
+    assert isinstance(red, tuple) and red[0] > 200 and red[1] < 60 and red[2] < 60

@@ -59,6 +59,11 @@ discovery_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(discovery_app, name="discovery")
+identity_app = typer.Typer(
+    help="Run the identity service: hedgehog accounts and the gas relay (on a discovery node).",
+    no_args_is_help=True,
+)
+app.add_typer(identity_app, name="identity")
 register_music(app)
 err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
@@ -93,6 +98,17 @@ NodeAddr = Annotated[
         "-n",
         help="Multiaddr of a node, with /p2p/<peer id> "
         "(env COLIVING_NODE, else the address in <data dir>/node.addr).",
+    ),
+]
+RelayKey = Annotated[
+    Path | None,
+    typer.Option(
+        "--relay-key",
+        metavar="FILE",
+        help="A file holding the relay wallet's hex private key (mode 0600; funded with ETH): "
+        "the wallet that pays users' gas. Without it, no relay.",
+        exists=True,
+        dir_okay=False,
     ),
 ]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail to stderr.")]
@@ -273,6 +289,15 @@ def node_run(
             "settings in [discovery] of node.toml).",
         ),
     ] = False,
+    identity: Annotated[
+        bool,
+        typer.Option(
+            "--identity",
+            help="Also serve accounts and the gas relay under /identity (needs --discovery; "
+            "settings in [identity] of node.toml).",
+        ),
+    ] = False,
+    relay_key: RelayKey = None,
     verbose: Verbose = False,
 ) -> None:
     """Run a content node until Ctrl-C.
@@ -299,6 +324,13 @@ def node_run(
             from discovery.service import DiscoveryConfig
 
             config = dataclasses.replace(config, discovery=DiscoveryConfig())
+        if identity or relay_key is not None:
+            from identity.accounts import IdentityConfig
+
+            base = config.identity or IdentityConfig()
+            if relay_key is not None:
+                base = dataclasses.replace(base, relay_key_file=relay_key)
+            config = dataclasses.replace(config, identity=base)
         node = Node(config)
         async with trio.open_nursery() as nursery:
             await _check_chain(node)
@@ -313,6 +345,9 @@ def node_run(
             if node.discovery is not None:
                 where = f"{node.gateway_url}/v1" if node.gateway is not None else "libp2p only"
                 err.print(f"discovery: indexing {config.rpc}; API {where}")
+            if node.identity is not None and node.gateway is not None:
+                relay = "with" if config.identity and config.identity.relay_key_file else "without"
+                err.print(f"identity: accounts {node.gateway_url}/identity, {relay} a gas relay")
             try:
                 await trio.sleep_forever()
             finally:
@@ -371,6 +406,55 @@ def discovery_run(
         gateway=gateway,
         cache=None,
         discovery=True,
+        identity=False,
+        relay_key=None,
+        verbose=verbose,
+    )
+
+
+@identity_app.command("run")
+def identity_run(
+    relay_key: RelayKey = None,
+    data_dir: DataDir = None,
+    listen: Annotated[
+        list[str] | None,
+        typer.Option("--listen", "-l", help="Multiaddr to listen on (repeatable)."),
+    ] = None,
+    bootstrap: Annotated[
+        list[str] | None, typer.Option("--bootstrap", "-b", help="Peer multiaddr to dial at start.")
+    ] = None,
+    rpc: Annotated[
+        str | None,
+        typer.Option(envvar="COLIVING_RPC", help="JSON-RPC URL of the chain to index."),
+    ] = None,
+    deployment: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="COLIVING_DEPLOYMENT", help="The deployment file naming the contracts."
+        ),
+    ] = None,
+    gateway: Annotated[
+        str,
+        typer.Option("--gateway", metavar="HOST:PORT", help="Serve /identity and /v1 here."),
+    ] = "127.0.0.1:8080",
+    verbose: Verbose = False,
+) -> None:
+    """Run the identity service until Ctrl-C: a discovery node that also keeps
+    hedgehog accounts (sign-up, log-in; only what the client encrypted) and,
+    with --relay-key, pays users' gas (POST /identity/relay). The accounts live
+    in the discovery index's database, and handles are checked against it."""
+    node_run(
+        data_dir=data_dir,
+        listen=listen,
+        bootstrap=bootstrap,
+        allow=None,
+        rpc=rpc,
+        deployment=deployment,
+        gateway=gateway,
+        cache=None,
+        discovery=True,
+        identity=True,
+        relay_key=relay_key,
         verbose=verbose,
     )
 

@@ -1,6 +1,5 @@
-"""The transfer, availability, gossip, clients, lagging, collect, relay, transcode and upload
-benchmarks run
-end to end (``--quick``) and print their figures.
+"""The transfer, availability, gossip, clients, lagging, collect, relay, transcode and
+upload benchmarks run end to end (``--quick``) and print their figures.
 
 A smoke run only: the figures are not judged here (timings on a shared CI
 machine mean nothing); ``make bench`` is where they are read.

@@ -14,9 +14,11 @@ CLI on the same node; the README's examples.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import secrets
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -92,6 +94,10 @@ async def test_artist_and_fan_end_to_end(tmp_path: Path, files: Files) -> None:
                 # every output is content on the node, pinned
                 for cid in [track["stream_cid"], track["preview_cid"], *track["artwork"].values()]:
                     assert cid in {str(p.cid) for p in alice.store.pins()}
+                album = await artist.create_playlist("First EP", [track["id"]], album=True)
+                assert album["is_album"] and album["track_ids"] == [track["id"]]
+                renamed = await artist.update_playlist(album["id"], name="First EP (2026)")
+                assert renamed["playlist_name"] == "First EP (2026)"
                 stream_file = b"".join([c async for c in artist.fetch(track["stream_cid"])])
                 assert stream_file[:3] == b"ID3" or stream_file[0] == 0xFF  # an MP3
 
@@ -101,7 +107,10 @@ async def test_artist_and_fan_end_to_end(tmp_path: Path, files: Files) -> None:
                 assert [t["id"] for t in found] == [track["id"]]
                 await fan.follow(a.user_id)
                 feed = await fan.feed()
-                assert [(i["activity"], i["item"]["id"]) for i in feed] == [("upload", track["id"])]
+                assert {(i["activity"], i["item_kind"], i["item"]["id"]) for i in feed} == {
+                    ("upload", "track", track["id"]),
+                    ("upload", "playlist", album["id"]),
+                }
                 got = b"".join([c async for c in fan.stream(track["id"])])
                 assert got == stream_file
                 part = b"".join([c async for c in fan.stream(track["id"], start=1000, end=5000)])
@@ -324,3 +333,55 @@ def test_readme_examples_run(tmp_path: Path, files: Files) -> None:
                 assert done.returncode == 0, (example, done.stderr.decode()[-3000:])
 
     trio.run(main)
+
+
+@pytest.mark.slow
+async def test_identity_run_on_anvil(anvil_url: str, tmp_path: Path, files: Files) -> None:
+    """`coliving identity run --relay-key` in its own process on a real anvil: the
+    SDK signs up and publishes through it (the relay on its own RPC pool)."""
+    from eth_account import Account
+
+    from chain.local import open_chain
+
+    chain = await open_chain(anvil_url)
+    deployment = tmp_path / "deployment.json"
+    deployment.write_text(chain.deployment.to_json())
+    key = tmp_path / "relay.key"
+    key.write_text("0x" + secrets.token_hex(32) + "\n")
+    key.chmod(0o600)
+    await chain.fund(Account.from_key(key.read_text().strip()).address, 10 * 10**18)
+    data_dir = tmp_path / "identity"
+    data_dir.mkdir()
+    (data_dir / "node.toml").write_text("[discovery]\npoll_interval = 0.05\n")
+    args = ["identity", "run", "--relay-key", str(key), "--data-dir", str(data_dir), "--rpc",
+            anvil_url, "--deployment", str(deployment), "--gateway", "127.0.0.1:0"]  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        process = await nursery.start(
+            functools.partial(
+                trio.run_process,
+                [sys.executable, "-c", "import node; node.main()", *args],
+                stderr=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                check=False,
+            )
+        )
+        try:
+            with trio.fail_after(WAIT):
+                url, said = None, b""
+                assert process.stderr is not None
+                while url is None or b"identity: accounts" not in said:
+                    chunk = await process.stderr.receive_some()
+                    assert chunk, said.decode(errors="replace")
+                    said += chunk
+                    if found := re.search(rb"gateway (http://\S+)", said):
+                        url = found.group(1).decode()
+                assert b"with a gas relay" in said
+                async with Coliving.connect(url) as co:
+                    await co.signup(email(), PASSWORD, handle=handle())
+                    track = await co.upload_track(files.flac, title="Anvil Song", genre="Rock")
+                    assert [t["id"] for t in await co.search("anvil song")] == [track["id"]]
+                async with httpx.AsyncClient() as http:
+                    metrics = (await http.get(f"{url}/metrics")).text
+                assert re.search(r"coliving_relay_relayed_total(\{\})? 2\.0", metrics), metrics
+        finally:
+            process.terminate()
